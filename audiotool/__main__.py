@@ -1,0 +1,6 @@
+"""``python -m audiotool`` == ``audiotool``."""
+
+from audiotool.cli.app import main
+
+if __name__ == "__main__":
+    main()

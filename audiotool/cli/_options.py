@@ -1,0 +1,198 @@
+"""Options shared by the commands, defined once as ``Annotated`` aliases.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from audiotool.tasks._batch import OutputOptions, RuntimeOptions
+
+IO = "Input / output"
+RUN = "Compute"
+REPORT = "Reporting"
+FMT = "Audio format"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class PrecisionChoice(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class BitDepthChoice(str, Enum):
+    b16 = "16"
+    b24 = "24"
+    f32 = "32f"
+
+
+class ClipChoice(str, Enum):
+    rescale = "rescale"
+    clamp = "clamp"
+    none = "none"
+
+
+class FormatChoice(str, Enum):
+    wav = "wav"
+    flac = "flac"
+
+
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Audio files or folders (searched recursively); '-' reads paths from stdin, "
+        "one per line.",
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional at runtime on 3.10
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output file (one input) or folder (several inputs).",
+        rich_help_panel=IO,
+    ),
+]
+FilenameOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--filename",
+        help="Output name template inside the -o folder, e.g. '{stem}_{task}.{ext}'.",
+        rich_help_panel=IO,
+    ),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=IO)
+]
+SkipExistingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Skip inputs whose outputs exist (resume a half-done batch).",
+        rich_help_panel=IO,
+    ),
+]
+FailFastOpt = Annotated[
+    bool,
+    typer.Option("--fail-fast", help="Stop at the first input that fails.", rich_help_panel=IO),
+]
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model: zoo name (audiotool models list), local folder, or org/name[@rev] on the "
+        "Hugging Face Hub. Default: the zoo's model for this task.",
+        rich_help_panel=RUN,
+    ),
+]
+RevisionOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--revision", help="Hub branch, tag or commit.", rich_help_panel=RUN),
+]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Compute device.", rich_help_panel=RUN)]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Chunks per forward pass (halved automatically when memory runs out).",
+        rich_help_panel=RUN,
+    ),
+]
+PrecisionOpt = Annotated[
+    PrecisionChoice,
+    typer.Option("--precision", help="Model precision.", rich_help_panel=RUN),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of every random draw.", rich_help_panel=RUN)
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bars or info logs.", rich_help_panel=REPORT),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON summary on stdout (progress and logs stay on stderr).",
+        rich_help_panel=REPORT,
+    ),
+]
+BitDepthOpt = Annotated[
+    BitDepthChoice,
+    typer.Option("--bit-depth", help="PCM 16/24 bit or 32-bit float (wav).", rich_help_panel=FMT),
+]
+ClipOpt = Annotated[
+    ClipChoice,
+    typer.Option(
+        "--clip",
+        help="Samples beyond full scale: rescale the file, clamp them, or keep them (none).",
+        rich_help_panel=FMT,
+    ),
+]
+FormatOpt = Annotated[
+    Optional[FormatChoice],  # noqa: UP045
+    typer.Option(
+        "--format", help="Output container (default: from -o, else wav).", rich_help_panel=FMT
+    ),
+]
+ChunkSecondsOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--chunk-seconds",
+        min=0.05,
+        help="Chunk length in seconds (default: the model's).",
+        rich_help_panel=RUN,
+    ),
+]
+
+
+def output_options(
+    *,
+    output: Path | None,
+    filename: str | None,
+    overwrite: bool,
+    skip_existing: bool,
+    fail_fast: bool,
+    bit_depth: BitDepthChoice = BitDepthChoice.b24,
+    clip: ClipChoice = ClipChoice.rescale,
+    fmt: FormatChoice | None = None,
+) -> OutputOptions:
+    """Bundle the parsed output options (rejecting conflicting flags)."""
+    from audiotool.errors import UsageError
+
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    return OutputOptions(
+        output=output,
+        filename=filename,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        fail_fast=fail_fast,
+        bit_depth=bit_depth.value,
+        clip=clip.value,
+        format=fmt.value if fmt is not None else None,
+    )
+
+
+def runtime_options(
+    *, device: Device, precision: PrecisionChoice, batch_size: int, seed: int
+) -> RuntimeOptions:
+    """Bundle the parsed compute options."""
+    return RuntimeOptions(
+        device=device.value, precision=precision.value, batch_size=batch_size, seed=seed
+    )

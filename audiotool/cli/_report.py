@@ -1,0 +1,117 @@
+"""Progress bars, logging set-up and end-of-batch summaries for the CLI (rich, on stderr)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+if TYPE_CHECKING:
+    from audiotool.tasks._batch import BatchReport
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+def setup_logging(*, quiet: bool) -> None:
+    """Log WARNING and up on stderr (INFO too unless quiet, when stderr is a terminal)."""
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet or not stderr.is_terminal else logging.INFO
+    handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
+    root = logging.getLogger("audiotool")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class RichProgress:
+    """:class:`audiotool.progress.Progress` drawn with rich bars on stderr."""
+
+    _LABELS: ClassVar[dict[str, str]] = {"files": "files", "chunks": "chunks", "steps": "DDIM steps"}
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def start(self, key: str, total: int | None, description: str = "") -> None:
+        label = description or self._LABELS.get(key, key)
+        if key in self._tasks:
+            self._progress.reset(self._tasks[key], total=total, description=label, visible=True)
+        else:
+            self._tasks[key] = self._progress.add_task(label, total=total)
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        if key not in self._tasks:
+            self.start(key, total)
+        kwargs: dict[str, Any] = {"completed": completed}
+        if total is not None:
+            kwargs["total"] = total
+        self._progress.update(self._tasks[key], **kwargs)
+
+    def end(self, key: str) -> None:
+        if key in self._tasks and key != "files":
+            self._progress.update(self._tasks[key], visible=False)
+
+
+class _Silent:
+    def start(self, key: str, total: int | None, description: str = "") -> None:
+        return None
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        return None
+
+    def end(self, key: str) -> None:
+        return None
+
+
+@contextmanager
+def progress_bars(*, quiet: bool) -> Iterator[RichProgress | _Silent]:
+    """Rich bars on stderr, or a silent stand-in when quiet or stderr is not a terminal."""
+    if quiet or not stderr.is_terminal:
+        yield _Silent()
+        return
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=False,
+    )
+    with bars:
+        yield RichProgress(bars)
+
+
+def print_summary(report: BatchReport, *, as_json: bool, quiet: bool) -> None:
+    """Summary of a batch: failures on stderr (always), counts (unless quiet), JSON on stdout."""
+    counts = report.counts()
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), default=str) + "\n")
+        sys.stdout.flush()
+    if report.failed:
+        n = len(report.results)
+        stderr.print(f"audiotool: {len(report.failed)} of {n} input(s) failed:", style="bold red")
+        for r in report.failed:
+            line = f"  {r.error}" + (f" — {r.hint}" if r.hint else "")
+            stderr.print(line, markup=False)
+    elif not quiet and not as_json:
+        parts = [f"{counts['ok']} done"]
+        if counts["skipped"]:
+            parts.append(f"{counts['skipped']} skipped (outputs exist)")
+        stderr.print(f"audiotool {report.task}: " + ", ".join(parts), markup=False)

@@ -1,0 +1,72 @@
+"""`audiotool info`: what a file holds and whether upsampling it makes sense."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from audiotool.cli._options import FailFastOpt, InputsArg, JsonOpt, QuietOpt
+
+HELP = (
+    "Show rate, channels, duration, sample format, peak / RMS level and the effective "
+    "bandwidth (the highest frequency with real content) of audio files."
+)
+EPILOG = (
+    "Examples:\n\n"
+    "  audiotool info song.flac\n\n"
+    "  audiotool info recordings/ --json > info.json\n\n"
+    "  find . -name '*.wav' | audiotool info -"
+)
+
+
+def info(
+    inputs: InputsArg,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    fail_fast: FailFastOpt = False,
+) -> None:
+    from audiotool.cli._report import print_summary, setup_logging, stdout
+    from audiotool.paths import expand_inputs
+    from audiotool.tasks.info import info_batch
+
+    setup_logging(quiet=quiet)
+    expanded = expand_inputs(inputs, stdin=sys.stdin)
+    report = info_batch(expanded, fail_fast=fail_fast)
+    if not as_json:
+        from rich.table import Table
+
+        table = Table(show_edge=False, header_style="bold")
+        for col in (
+            "file",
+            "rate",
+            "ch",
+            "duration",
+            "format",
+            "peak dBFS",
+            "RMS dBFS",
+            "bandwidth",
+        ):
+            table.add_column(col, justify="left" if col in ("file", "format") else "right")
+        for r in report.results:
+            if r.status != "ok":
+                continue
+            d = r.details
+            table.add_row(
+                r.input,
+                f"{d['sample_rate']}",
+                f"{d['channels']}",
+                f"{d['duration']:.2f} s",
+                f"{d['format']}/{d['subtype']}",
+                _db(d["peak_dbfs"]),
+                _db(d["rms_dbfs"]),
+                f"{d['bandwidth_hz'] / 1000:.1f} kHz",
+            )
+        if any(r.status == "ok" for r in report.results):
+            stdout.print(table)
+    print_summary(report, as_json=as_json, quiet=True)
+    raise typer.Exit(report.exit_code)
+
+
+def _db(value: float) -> str:
+    return "-inf" if value == float("-inf") else f"{value:.1f}"

@@ -1,0 +1,160 @@
+"""`audiotool models list | info | download | convert`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from audiotool.cli._options import JsonOpt, RevisionOpt
+
+app = typer.Typer(
+    help="List, inspect, download and convert models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SpecArg = Annotated[
+    str,
+    typer.Argument(
+        help="Zoo name, local folder, or org/name[@revision] on the Hub.", show_default=False
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Hub cache folder (default: HF_HUB_CACHE / HF_HOME)."),
+]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n else "-"
+
+
+@app.command(
+    "list",
+    epilog="Examples:\n\n  audiotool models list\n\n  audiotool models list --json",
+)
+def list_models(as_json: JsonOpt = False) -> None:
+    """List the bundled model zoo (no download, no torch)."""
+    from audiotool.hub import zoo_dir, zoo_entries
+
+    entries = zoo_entries()
+    if as_json:
+        rows = [
+            {
+                "name": e.name,
+                "task": e.task,
+                "family": e.family,
+                "sample_rate": e.sample_rate,
+                "size_bytes": e.size_bytes,
+                "default": e.default,
+                "description": e.description,
+                "path": str(e.path),
+            }
+            for e in entries
+        ]
+        sys.stdout.write(json.dumps({"zoo": str(zoo_dir()), "models": rows}) + "\n")
+        return
+    from rich.table import Table
+
+    from audiotool.cli._report import stderr, stdout
+
+    if not entries:
+        stderr.print(f"the model zoo at {zoo_dir()} is empty", markup=False)
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("name", "task", "family", "rate", "size", "default", "description"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(
+            e.name,
+            e.task,
+            e.family,
+            str(e.sample_rate),
+            _size(e.size_bytes),
+            "yes" if e.default else "",
+            e.description,
+        )
+    stdout.print(table)
+    stdout.print(
+        "Also accepted by --model: a local folder with config.json + model.safetensors, or "
+        "org/name[@revision] on the Hugging Face Hub.",
+        markup=False,
+    )
+    return
+
+
+@app.command(
+    "info",
+    epilog="Examples:\n\n  audiotool models info upsample-tiny\n\n"
+    "  audiotool models info ./my-model --json",
+)
+def info_model(
+    spec: SpecArg,
+    revision: RevisionOpt = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a model's family, task, rate, parameters and card (reads files only)."""
+    from audiotool.hub import CARD_NAME, WEIGHTS_NAME, count_parameters, read_config, resolve
+
+    resolved = resolve(spec, revision=revision, cache_dir=cache_dir)
+    config = read_config(resolved.folder)
+    weights = resolved.folder / WEIGHTS_NAME
+    card = resolved.folder / CARD_NAME
+    data = {
+        "spec": spec,
+        "id": resolved.model_id,
+        "source": resolved.source,
+        "path": str(resolved.folder),
+        "family": config.family,
+        "task": config.task,
+        "sample_rate": config.sample_rate,
+        "parameters": count_parameters(weights),
+        "size_bytes": weights.stat().st_size,
+        "config": config.to_dict(),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    from audiotool.cli._report import stdout
+
+    for key in ("id", "source", "path", "family", "task", "sample_rate"):
+        stdout.print(f"{key:>12}: {data[key]}", markup=False)
+    stdout.print(f"{'parameters':>12}: {data['parameters']:,}", markup=False)
+    stdout.print(f"{'size':>12}: {_size(weights.stat().st_size)}", markup=False)
+    if card.is_file():
+        stdout.print("", markup=False)
+        stdout.print(_card_summary(card.read_text(encoding="utf-8")), markup=False)
+    return
+
+
+def _card_summary(text: str, lines: int = 25) -> str:
+    body = text
+    if body.startswith("---"):
+        end = body.find("\n---", 3)
+        if end != -1:
+            body = body[end + 4 :]
+    out = [ln for ln in body.strip().splitlines()][:lines]
+    return "\n".join(out)
+
+
+@app.command(
+    "download",
+    epilog="Examples:\n\n  audiotool models download org/name\n\n"
+    "  audiotool models download org/name@v1.0 --cache-dir ./hf-cache",
+)
+def download_model(
+    spec: SpecArg,
+    revision: RevisionOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Fetch a Hub model into the cache (for later offline use) and print its folder."""
+    from audiotool.hub import resolve
+
+    resolved = resolve(spec, revision=revision, cache_dir=cache_dir, local_files_only=False)
+    sys.stdout.write(f"{resolved.folder}\n")
+    return

@@ -1,0 +1,1 @@
+"""Chunking, overlap-add and diffusion sampling: pure functions over model callables."""

@@ -1,0 +1,1 @@
+"""Model families, one per file (see :mod:`audiotool.models.registry`)."""

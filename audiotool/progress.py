@@ -1,0 +1,38 @@
+"""Progress reporting interface for library code.
+
+Library functions never draw bars; they call a :class:`Progress` the caller passes in. The CLI
+passes a rich implementation (``audiotool.cli._progress``); the default does nothing.
+
+Keys used by the tasks: ``"files"`` (file i of N), ``"chunks"`` (chunks of the current file),
+``"steps"`` (DDIM steps of the current mini-batch).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """Receiver of progress events."""
+
+    def start(self, key: str, total: int | None, description: str = "") -> None:
+        """A new bar ``key`` with ``total`` units (None = unknown)."""
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        """Set bar ``key`` to ``completed`` units (and optionally a new total)."""
+
+    def end(self, key: str) -> None:
+        """Bar ``key`` is finished (hide or freeze it)."""
+
+
+class NullProgress:
+    """A :class:`Progress` that ignores everything."""
+
+    def start(self, key: str, total: int | None, description: str = "") -> None:
+        return None
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        return None
+
+    def end(self, key: str) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""The jobs as library functions (the Python API the CLI calls)."""

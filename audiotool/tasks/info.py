@@ -1,0 +1,47 @@
+"""`info`: header facts, levels and effective bandwidth of audio files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from audiotool.paths import ExpandedInputs
+from audiotool.progress import Progress
+from audiotool.tasks._batch import BatchReport, FileResult, run_batch
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """Rate, channels, frames, duration, format, subtype, peak / RMS (dBFS) and bandwidth (Hz).
+
+    The bandwidth is :func:`audiotool.dsp.estimate_cutoff` over all channels: the highest
+    frequency with real content. A value well below the Nyquist frequency (``rate / 2``) means
+    the file was band-limited (low-rate source, lossy codec) and upsampling can restore it.
+    """
+    from audiotool.audio import peak, read_audio, rms, to_db
+    from audiotool.dsp import estimate_cutoff
+
+    audio = read_audio(path)
+    x = audio.samples
+    return {
+        "sample_rate": audio.sample_rate,
+        "channels": audio.channels,
+        "frames": audio.frames,
+        "duration": round(audio.duration, 6),
+        "format": audio.format,
+        "subtype": audio.subtype,
+        "peak_dbfs": round(to_db(peak(x)), 2),
+        "rms_dbfs": round(to_db(rms(x)), 2),
+        "bandwidth_hz": round(float(estimate_cutoff(x, audio.sample_rate)), 1),
+        "nyquist_hz": audio.sample_rate / 2,
+    }
+
+
+def info_batch(
+    inputs: ExpandedInputs, *, fail_fast: bool = False, progress: Progress | None = None
+) -> BatchReport:
+    """:func:`describe_file` over a batch; unreadable files are reported, not fatal."""
+
+    def one(path: Path) -> FileResult:
+        return FileResult(input=str(path), details=describe_file(path))
+
+    return run_batch("info", inputs, one, fail_fast=fail_fast, progress=progress)

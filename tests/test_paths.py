@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from audiotool.errors import OutputExistsError, UsageError
+from audiotool.paths import OutputPlanner, atomic_output, check_existing, expand_inputs
+
+
+def test_expand_files_folders_and_stdin(tmp_path: Path, write_wav: Callable[..., Path]) -> None:
+    a = write_wav("a.wav")
+    b = write_wav("sub/deeper/b.flac")
+    write_wav("sub/.hidden.wav")
+    (tmp_path / "sub" / "notes.txt").write_text("x")
+    c = write_wav("c.wav")
+    stdin = io.StringIO(f"{c}\n\n# a comment\n{a}\n")
+    got = expand_inputs([str(a), str(tmp_path / "sub"), "-"], stdin=stdin)
+    assert got.files == [a, b, c]  # de-duplicated, command-line order, hidden files skipped
+    assert got.problems == []
+
+
+def test_expand_reports_missing_and_empty(tmp_path: Path, write_wav: Callable[..., Path]) -> None:
+    a = write_wav("a.wav")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    got = expand_inputs([str(a), str(tmp_path / "nope.wav"), str(empty)])
+    assert got.files == [a]
+    messages = [e.message for _, e in got.problems]
+    assert "no such file" in messages[0] and "nope.wav" in messages[0]
+    assert "no audio files" in messages[1] and str(empty) in messages[1]
+
+
+def test_expand_needs_inputs() -> None:
+    with pytest.raises(UsageError):
+        expand_inputs([])
+    with pytest.raises(UsageError, match="standard input"):
+        expand_inputs(["-"], stdin=None)
+
+
+def test_single_input_output_file(tmp_path: Path) -> None:
+    src = tmp_path / "in.wav"
+    plan = OutputPlanner(
+        output=tmp_path / "out.wav",
+        template=None,
+        default_template="{stem}_{task}.{ext}",
+        default_dir=Path("."),
+        inputs=[src],
+    )
+    assert plan.path_for(src, task="upsample", ext="wav") == tmp_path / "out.wav"
+
+
+def test_template_in_folder(tmp_path: Path) -> None:
+    a, b = tmp_path / "x" / "a.flac", tmp_path / "y" / "b.wav"
+    plan = OutputPlanner(
+        output=tmp_path / "out",
+        template=None,
+        default_template="{stem}_{task}.{ext}",
+        default_dir=Path("."),
+        inputs=[a, b],
+    )
+    assert plan.path_for(a, task="up", ext="wav") == tmp_path / "out" / "a_up.wav"
+    assert plan.path_for(b, task="up", ext="wav") == tmp_path / "out" / "b_up.wav"
+
+
+def test_output_file_with_many_inputs_is_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="2 inputs"):
+        OutputPlanner(
+            output=tmp_path / "out.wav",
+            template=None,
+            default_template="{stem}.{ext}",
+            default_dir=Path("."),
+            inputs=[tmp_path / "a.wav", tmp_path / "b.wav"],
+        )
+
+
+@pytest.mark.parametrize(
+    "template", ["../{stem}.wav", "/tmp/{stem}.wav", "a/../../{stem}.wav", "~/{stem}.wav"]
+)
+def test_template_cannot_escape(tmp_path: Path, template: str) -> None:
+    src = tmp_path / "in.wav"
+    plan = OutputPlanner(
+        output=tmp_path / "out",
+        template=template,
+        default_template="{stem}.{ext}",
+        default_dir=Path("."),
+        inputs=[src],
+    )
+    with pytest.raises(UsageError, match="template"):
+        plan.path_for(src, ext="wav")
+
+
+def test_template_escape_through_field_value(tmp_path: Path) -> None:
+    src = tmp_path / "in.wav"
+    plan = OutputPlanner(
+        output=tmp_path / "out",
+        template="{model}/{stem}.wav",
+        default_template="",
+        default_dir=Path("."),
+        inputs=[src],
+    )
+    with pytest.raises(UsageError, match="escapes"):
+        plan.path_for(src, model="../../etc")
+
+
+def test_template_unknown_field(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown field"):
+        OutputPlanner(
+            output=tmp_path,
+            template="{nope}.wav",
+            default_template="",
+            default_dir=Path("."),
+            inputs=[tmp_path / "a.wav"],
+        )
+
+
+def test_output_over_input_refused(tmp_path: Path) -> None:
+    src = tmp_path / "song.wav"
+    plan = OutputPlanner(
+        output=tmp_path,
+        template="{stem}.wav",
+        default_template="",
+        default_dir=Path("."),
+        inputs=[src],
+    )
+    with pytest.raises(UsageError, match="overwrite the input"):
+        plan.path_for(src)
+
+
+def test_two_inputs_same_output(tmp_path: Path) -> None:
+    a, b = tmp_path / "x" / "song.wav", tmp_path / "y" / "song.flac"
+    plan = OutputPlanner(
+        output=tmp_path / "out",
+        template=None,
+        default_template="{stem}_up.wav",
+        default_dir=Path("."),
+        inputs=[a, b],
+    )
+    plan.path_for(a)
+    with pytest.raises(UsageError, match="both write"):
+        plan.path_for(b)
+    plan.path_for(a)  # asking again for the same input is fine
+
+
+def test_check_existing(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    assert check_existing([a, b], overwrite=False, skip_existing=False) is False
+    a.write_text("x")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        check_existing([a, b], overwrite=False, skip_existing=False)
+    assert check_existing([a, b], overwrite=True, skip_existing=False) is False
+    assert check_existing([a, b], overwrite=False, skip_existing=True) is False  # half done
+    b.write_text("x")
+    assert check_existing([a, b], overwrite=False, skip_existing=True) is True
+
+
+def test_atomic_output_cleans_up(tmp_path: Path) -> None:
+    target = tmp_path / "t.npz"
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".npz"
+        tmp.write_text("done")
+    assert target.read_text() == "done" and len(list(tmp_path.iterdir())) == 1
