@@ -1,0 +1,147 @@
+"""Chunked diffusion sampling with a per-file context.
+
+Legend: ``B`` items of one file (e.g. its channels), ``C`` latent channels, ``T`` latent frames
+(the chunked axis), ``F`` latent frequency bins.
+
+A long conditioning latent is cut into overlapping spans along ``T``. Every span of every item is
+sampled with DDIM (+ classifier-free guidance in one batched forward) in mini-batches of
+``batch_size`` spans — never one chunk at a time — with out-of-memory back-off. The per-file
+``context`` tensors (e.g. the global encoder's output, computed ONCE from the whole file by the
+caller) are given unchanged to every span and every step. The samples are crossfaded over the
+overlaps.
+
+Randomness: each span gets its own generator, seeded from ``generator`` up front, for its
+starting noise and its η noise, so the result does not depend on ``batch_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from audiotool.engine.batching import ProgressFn, map_batches
+from audiotool.engine.chunking import Span, crossfade_stitch, plan_spans
+from audiotool.engine.samplers import Denoiser, sample_ddim
+from audiotool.errors import EngineError
+
+CONCAT = "concat"
+
+
+def sample_chunked(
+    denoiser: Denoiser,
+    cond_latent: Tensor,
+    *,
+    chunk: int,
+    overlap: int,
+    timesteps: Tensor,
+    alphas_cumprod: Tensor,
+    out_channels: int | None = None,
+    context: Mapping[str, Tensor] | None = None,
+    uncond_latent: Tensor | float | None = None,
+    guidance: float = 1.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    batch_size: int = 1,
+    parameterization: Literal["v", "eps"] = "v",
+    time_multiple: int = 1,
+    final_alpha: float | None = None,
+    step_callback: Callable[[int, int], None] | None = None,
+    chunk_callback: ProgressFn | None = None,
+) -> Tensor:
+    """Sample ``(B, C_out, T, F)`` latents conditioned on ``cond_latent`` ``(B, C, T, F)``.
+
+    Args:
+        denoiser: ``(x_t, t, cond) -> v | ε``; ``cond`` holds ``"concat"`` (the span of
+            ``cond_latent``) and every key of ``context``.
+        cond_latent: the per-file conditioning latent, chunked along dim 2.
+        chunk / overlap: span length and minimum overlap in latent frames.
+        timesteps / alphas_cumprod: see :func:`audiotool.engine.samplers.sample_ddim`.
+        out_channels: channels of the generated latent (default: ``C``).
+        context: per-item tensors ``(B, ...)`` reused for every span and step (not chunked).
+        uncond_latent: the ``"concat"`` value of the unconditional pass (a constant or a tensor
+            broadcastable to a span); None disables guidance. The context is kept in both passes.
+        guidance, eta, parameterization, final_alpha: DDIM settings.
+        generator: seeds every span's own generator.
+        batch_size: spans per forward (halved on out-of-memory).
+        time_multiple: spans shorter than ``chunk`` are padded (replicate) to a multiple of this
+            (e.g. the UNet's total downsampling) and cropped back.
+        step_callback: ``(step, steps)`` within the current mini-batch.
+        chunk_callback: ``(spans_done, spans_total)``.
+    """
+    if cond_latent.dim() != 4:
+        raise EngineError(f"cond_latent must be (B, C, T, F), got {tuple(cond_latent.shape)}")
+    b_items, c, length, f = cond_latent.shape
+    c_out = out_channels or c
+    ctx = dict(context or {})
+    for k, v in ctx.items():
+        if k == CONCAT or v.shape[0] not in (1, b_items):
+            raise EngineError(f"context '{k}' must have leading dim 1 or {b_items}")
+    spans = plan_spans(length, chunk, min(overlap, chunk - 1))
+    work: list[tuple[int, Span]] = [(b, s) for b in range(b_items) for s in spans]
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    seeds = torch.randint(0, 2**62, (len(work),), generator=gen).tolist()
+    pad_to = spans[0].length
+    if pad_to < chunk and pad_to % time_multiple:
+        pad_to += time_multiple - pad_to % time_multiple
+    results: list[Tensor | None] = [None] * len(work)
+
+    def run(start: int, stop: int) -> Tensor:
+        items = work[start:stop]
+        concat = torch.stack([_span(cond_latent[b], s, pad_to) for b, s in items])
+        gens = [torch.Generator().manual_seed(int(seeds[i])) for i in range(start, stop)]
+        x = torch.stack([torch.randn(c_out, pad_to, f, generator=g) for g in gens]).to(
+            cond_latent.device
+        )
+        cond = {CONCAT: concat}
+        for k, v in ctx.items():
+            idx = torch.tensor([b if v.shape[0] > 1 else 0 for b, _ in items], device=v.device)
+            cond[k] = v.index_select(0, idx)
+        uncond = None
+        if uncond_latent is not None and guidance != 1.0:
+            u = (
+                torch.full_like(concat, float(uncond_latent))
+                if not isinstance(uncond_latent, Tensor)
+                else uncond_latent.to(concat).expand_as(concat)
+            )
+            uncond = {CONCAT: u, **{k: v for k, v in cond.items() if k != CONCAT}}
+        cb = (lambda i, n, _x: step_callback(i, n)) if step_callback else None
+        return sample_ddim(
+            denoiser,
+            x,
+            timesteps,
+            alphas_cumprod,
+            cond=cond,
+            uncond=uncond,
+            guidance=guidance,
+            eta=eta,
+            parameterization=parameterization,
+            generator=gens,
+            final_alpha=final_alpha,
+            callback=cb,
+        )
+
+    def done(start: int, stop: int, out: Tensor) -> None:
+        for j, i in enumerate(range(start, stop)):
+            results[i] = out[j, :, : work[i][1].length]
+
+    map_batches(run, len(work), batch_size, on_done=done, progress=chunk_callback, what="chunks")
+    per_item = []
+    for b in range(b_items):
+        chunks = [results[i] for i, (bb, _) in enumerate(work) if bb == b]
+        per_item.append(
+            crossfade_stitch([y for y in chunks if y is not None], spans, length, dim=1)
+        )
+    return torch.stack(per_item)
+
+
+def _span(latent: Tensor, span: Span, pad_to: int) -> Tensor:
+    """``latent`` ``(C, T, F)`` cut to ``span`` and replicate-padded to ``pad_to`` frames."""
+    piece = latent[:, span.start : span.end]
+    if piece.shape[1] < pad_to:
+        piece = F.pad(piece.permute(0, 2, 1), (0, pad_to - piece.shape[1]), mode="replicate")
+        piece = piece.permute(0, 2, 1)
+    return piece
