@@ -42,7 +42,11 @@ def setup_logging(*, quiet: bool) -> None:
 class RichProgress:
     """:class:`audiotool.progress.Progress` drawn with rich bars on stderr."""
 
-    _LABELS: ClassVar[dict[str, str]] = {"files": "files", "chunks": "chunks", "steps": "DDIM steps"}
+    _LABELS: ClassVar[dict[str, str]] = {
+        "files": "files",
+        "chunks": "chunks",
+        "steps": "DDIM steps",
+    }
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
@@ -115,3 +119,28 @@ def print_summary(report: BatchReport, *, as_json: bool, quiet: bool) -> None:
         if counts["skipped"]:
             parts.append(f"{counts['skipped']} skipped (outputs exist)")
         stderr.print(f"audiotool {report.task}: " + ", ".join(parts), markup=False)
+
+
+def print_rows(header: list[str], rows: list[list[str]]) -> None:
+    """A table on stdout: rich on a terminal, tab-separated lines when piped."""
+    if not stdout.is_terminal:
+        for row in [header, *rows]:
+            sys.stdout.write("\t".join(row) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for i, col in enumerate(header):
+        table.add_column(
+            col,
+            justify="left" if i == 0 or not rows or not _numeric(rows[0][i]) else "right",
+            overflow="fold",
+        )
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+
+
+def _numeric(text: str) -> bool:
+    return text[:1].isdigit() or text[:1] in "-+."

@@ -26,7 +26,7 @@ def info(
     quiet: QuietOpt = False,
     fail_fast: FailFastOpt = False,
 ) -> None:
-    from audiotool.cli._report import print_summary, setup_logging, stdout
+    from audiotool.cli._report import print_rows, print_summary, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.info import info_batch
 
@@ -34,36 +34,23 @@ def info(
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = info_batch(expanded, fail_fast=fail_fast)
     if not as_json:
-        from rich.table import Table
-
-        table = Table(show_edge=False, header_style="bold")
-        for col in (
-            "file",
-            "rate",
-            "ch",
-            "duration",
-            "format",
-            "peak dBFS",
-            "RMS dBFS",
-            "bandwidth",
-        ):
-            table.add_column(col, justify="left" if col in ("file", "format") else "right")
-        for r in report.results:
-            if r.status != "ok":
-                continue
-            d = r.details
-            table.add_row(
+        header = ["file", "rate", "ch", "duration", "format", "peak dBFS", "RMS dBFS", "bandwidth"]
+        rows = [
+            [
                 r.input,
-                f"{d['sample_rate']}",
-                f"{d['channels']}",
-                f"{d['duration']:.2f} s",
-                f"{d['format']}/{d['subtype']}",
-                _db(d["peak_dbfs"]),
-                _db(d["rms_dbfs"]),
-                f"{d['bandwidth_hz'] / 1000:.1f} kHz",
-            )
-        if any(r.status == "ok" for r in report.results):
-            stdout.print(table)
+                f"{r.details['sample_rate']}",
+                f"{r.details['channels']}",
+                f"{r.details['duration']:.2f} s",
+                f"{r.details['format']}/{r.details['subtype']}",
+                _db(r.details["peak_dbfs"]),
+                _db(r.details["rms_dbfs"]),
+                f"{r.details['bandwidth_hz'] / 1000:.1f} kHz",
+            ]
+            for r in report.results
+            if r.status == "ok"
+        ]
+        if rows:
+            print_rows(header, rows)
     print_summary(report, as_json=as_json, quiet=True)
     raise typer.Exit(report.exit_code)
 

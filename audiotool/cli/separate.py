@@ -1,18 +1,140 @@
-"""`audiotool separate` (not available yet)."""
+"""`audiotool separate`: split songs into stems."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Optional
 
 import typer
 
-from audiotool.errors import NotAvailableError
+from audiotool.cli._options import (
+    RUN,
+    BatchSizeOpt,
+    BitDepthChoice,
+    BitDepthOpt,
+    ChunkSecondsOpt,
+    ClipChoice,
+    ClipOpt,
+    Device,
+    DeviceOpt,
+    FailFastOpt,
+    FilenameOpt,
+    FormatOpt,
+    InputsArg,
+    JsonOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PrecisionChoice,
+    PrecisionOpt,
+    QuietOpt,
+    RevisionOpt,
+    SeedOpt,
+    SkipExistingOpt,
+    output_options,
+    runtime_options,
+)
 
-HELP = "separate audio files [not available yet]."
-EPILOG = ""
+HELP = (
+    "Separate songs into stems (vocals, drums, bass, other) with batched overlap-add. "
+    "Writes OUT/{track}/{stem}.wav at the input's rate and channel count."
+)
+EPILOG = (
+    "Examples:\n\n"
+    "  audiotool separate song.wav\n\n"
+    "  audiotool separate song.flac --stems vocals --residual -o stems/\n\n"
+    "  audiotool separate album/ -o stems/ --filename '{track}_{stem}.{ext}' --format flac\n\n"
+    "  audiotool separate song.wav --shifts 2 --mixture-consistent --bit-depth 32f --clip none"
+)
 
 
 def separate(
-    args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
+    inputs: InputsArg,
+    output: OutputOpt = None,
+    stems: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--stems", help="Comma-separated stems to write (default: all)."),
+    ] = None,
+    residual: Annotated[
+        bool,
+        typer.Option(
+            "--residual",
+            help="Also write mixture minus the chosen stems (no_<stem> or rest).",
+        ),
+    ] = False,
+    filename: FilenameOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    chunk_seconds: ChunkSecondsOpt = None,
+    overlap: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--overlap", help="Chunk overlap as a fraction (0-1).", rich_help_panel=RUN),
+    ] = None,
+    hop_seconds: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--hop-seconds", help="Hop between chunks in seconds.", rich_help_panel=RUN),
+    ] = None,
+    shifts: Annotated[
+        int,
+        typer.Option(
+            "--shifts",
+            min=0,
+            help="Test-time shift averaging (N extra passes).",
+            rich_help_panel=RUN,
+        ),
+    ] = 0,
+    mixture_consistent: Annotated[
+        bool,
+        typer.Option("--mixture-consistent", help="Make the stems sum exactly to the mixture."),
+    ] = False,
+    fmt: FormatOpt = None,
+    bit_depth: BitDepthOpt = BitDepthChoice.b24,
+    clip: ClipOpt = ClipChoice.rescale,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchSizeOpt = 4,
+    precision: PrecisionOpt = PrecisionChoice.fp32,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    fail_fast: FailFastOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    raise NotAvailableError("`audiotool separate` is not available yet in this version")
+    from audiotool.cli._report import print_summary, progress_bars, setup_logging
+    from audiotool.paths import expand_inputs
+    from audiotool.tasks.separate import SeparateOptions, separate_files
+
+    setup_logging(quiet=quiet)
+    out = output_options(
+        output=output,
+        filename=filename,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        fail_fast=fail_fast,
+        bit_depth=bit_depth,
+        clip=clip,
+        fmt=fmt,
+    )
+    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    opts = SeparateOptions(
+        stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+        residual=residual,
+        chunk_seconds=chunk_seconds,
+        overlap=overlap,
+        hop_seconds=hop_seconds,
+        shifts=shifts,
+        mixture_consistent=mixture_consistent,
+    )
+    expanded = expand_inputs(inputs, stdin=sys.stdin)
+    with progress_bars(quiet=quiet) as bars:
+        report = separate_files(
+            expanded,
+            model=model,
+            revision=revision,
+            options=opts,
+            output=out,
+            runtime=rt,
+            progress=bars,
+        )
+    print_summary(report, as_json=as_json, quiet=quiet)
+    raise typer.Exit(report.exit_code)

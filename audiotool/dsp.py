@@ -1,0 +1,272 @@
+"""Signal processing around bandwidth extension (pure functions on ``(C, T)`` tensors).
+
+- :func:`estimate_cutoff`: the effective bandwidth of a recording.
+- :func:`lowpass` / :func:`degrade`: deterministic band-limiting (the simulation of low-rate
+  inputs that training and evaluation use).
+- :func:`replace_low_band` / :func:`replace_low_mel_bins`: keep the input's own low band in a
+  generated signal, with a raised-cosine crossfade across a transition band (AudioSR replaces
+  the band with a hard cut; see ``shared/reference/audiosr.md`` "Post-processing").
+- :func:`match_level`: restore the input's level (AudioSR peak-normalises to 0.5 instead).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from audiotool.errors import UsageError
+
+CutoffMethod = Literal["cliff", "energy"]
+
+
+def _as_2d(audio: Tensor) -> Tensor:
+    return audio.unsqueeze(0) if audio.dim() == 1 else audio
+
+
+def long_term_spectrum(
+    audio: Tensor, sample_rate: int, *, n_fft: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Welch power spectrum averaged over frames and channels: (freqs Hz, power) numpy arrays."""
+    x = _as_2d(audio).double()
+    if x.shape[-1] < n_fft:
+        x = torch.nn.functional.pad(x, (0, n_fft - x.shape[-1]))
+    win = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = torch.stft(
+        x, n_fft, hop_length=n_fft // 4, window=win, center=False, return_complex=True
+    )
+    power = spec.abs().pow(2).mean(dim=(0, 2)).numpy()
+    freqs = np.arange(power.shape[0]) * sample_rate / n_fft
+    return freqs, power
+
+
+def estimate_cutoff(
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    method: CutoffMethod = "cliff",
+    energy: float = 0.985,
+    drop_db: float = 25.0,
+) -> float:
+    """Highest frequency (Hz) with real content in ``audio`` ``(C, T)``.
+
+    ``cliff`` (default): in the smoothed long-term spectrum (dB), find the highest frequency
+    after which the level falls by ``drop_db`` within 4 % of the Nyquist range and never comes
+    back (the signature of a low-pass / low sample rate / lossy codec), then return the -2 dB
+    point relative to the passband level just below it. Without such a cliff the content reaches
+    Nyquist and ``sample_rate / 2`` is returned. A natural roll-off (speech, a dull mix) is not a
+    cliff, so full-band recordings are not mistaken for band-limited ones.
+
+    ``energy``: AudioSR's rule — the frequency below which ``energy`` of the summed STFT
+    magnitude lies (underestimates full-band material; kept for comparison).
+
+    Silence returns 0.
+    """
+    nyquist = sample_rate / 2
+    freqs, power = long_term_spectrum(audio, sample_rate)
+    if not np.any(power > 0):
+        return 0.0
+    if method == "energy":
+        mag = np.sqrt(power)
+        cum = np.cumsum(mag)
+        k = int(np.searchsorted(cum, energy * cum[-1]))
+        return float(freqs[min(k, len(freqs) - 1)])
+    if method != "cliff":
+        raise UsageError(f"cutoff method must be 'cliff' or 'energy', got {method!r}")
+    level = 10 * np.log10(power + 1e-30)
+    n = len(level)
+    width = max(1, n // 200)
+    padded = np.pad(level, (width // 2, width - 1 - width // 2), mode="edge")
+    level = np.convolve(padded, np.ones(width) / width, mode="valid")
+    delta = max(2, int(round(0.04 * n)))
+    # suffix maximum: the loudest level at or above each bin
+    tail_max = np.maximum.accumulate(level[::-1])[::-1]
+    candidates = [k for k in range(delta, n - delta) if level[k] - tail_max[k + delta] >= drop_db]
+    if not candidates:
+        return float(nyquist)
+    k0 = max(candidates)
+    # walk down the cliff to its knee (slope < 3 dB per 2 % of Nyquist), take the level there
+    half = max(1, delta // 2)
+    knee = k0
+    while knee - half >= 0 and level[knee - half] - level[knee] > 3.0:
+        knee -= 1
+    ref = float(level[max(0, knee - half)])
+    above = np.nonzero(level[knee : k0 + 1] >= ref - 2.0)[0]
+    k = knee + int(above.max()) if above.size else knee
+    return float(min(freqs[k], nyquist))
+
+
+def lowpass(
+    audio: Tensor,
+    sample_rate: int,
+    cutoff_hz: float,
+    *,
+    order: int = 8,
+    kind: Literal["cheby1", "butter", "ellip", "bessel"] = "cheby1",
+) -> Tensor:
+    """Zero-phase IIR low-pass (scipy ``sosfiltfilt``) of ``(C, T)``; deterministic.
+
+    Chebyshev-I uses 0.1 dB ripple, elliptic 0.1 dB / 60 dB (AudioSR's settings). The filter
+    runs forward and backward, so its attenuation in dB is doubled and there is no phase shift.
+    A cutoff at or above Nyquist returns the input unchanged.
+    """
+    from scipy import signal
+
+    x = _as_2d(audio)
+    nyquist = sample_rate / 2
+    if cutoff_hz >= nyquist * 0.999:
+        return x.clone()
+    if cutoff_hz <= 0:
+        raise UsageError(f"cutoff must be positive, got {cutoff_hz} Hz")
+    wn = cutoff_hz / nyquist
+    if kind == "cheby1":
+        sos = signal.cheby1(order, 0.1, wn, output="sos")
+    elif kind == "butter":
+        sos = signal.butter(order, wn, output="sos")
+    elif kind == "ellip":
+        sos = signal.ellip(order, 0.1, 60, wn, output="sos")
+    elif kind == "bessel":
+        sos = signal.bessel(order, wn, output="sos", norm="mag")
+    else:
+        raise UsageError(f"filter kind must be cheby1/butter/ellip/bessel, got {kind!r}")
+    data = x.detach().double().cpu().numpy()
+    padlen = min(data.shape[-1] - 1, 3 * (2 * len(sos) + 1))
+    y = signal.sosfiltfilt(sos, data, axis=-1, padlen=max(padlen, 0))
+    return torch.from_numpy(np.ascontiguousarray(y)).to(dtype=torch.float32, device=x.device)
+
+
+def degrade(audio: Tensor, sample_rate: int, target_rate: int) -> Tensor:
+    """Simulate a recording made at ``target_rate``: resample down, then back to ``sample_rate``.
+
+    Filter: :func:`audiotool.audio.resample`'s Kaiser-windowed sinc (width 64 zero crossings,
+    rolloff 0.9476 of the lower Nyquist, β = 14.77; the "kaiser_best" settings), whose stop band
+    is below -100 dB above ``target_rate / 2``. The output has the input's length.
+    """
+    from audiotool.audio import resample
+
+    x = _as_2d(audio)
+    if target_rate >= sample_rate:
+        return x.clone()
+    low = resample(x, sample_rate, target_rate)
+    back = resample(low, target_rate, sample_rate)
+    length = x.shape[-1]
+    if back.shape[-1] >= length:
+        return back[..., :length]
+    return torch.nn.functional.pad(back, (0, length - back.shape[-1]))
+
+
+def _crossfade_mask(freqs: Tensor, cutoff_hz: float, transition_hz: float) -> Tensor:
+    """1 below ``cutoff - transition``, raised-cosine down to 0 at ``cutoff``."""
+    lo = cutoff_hz - transition_hz
+    if transition_hz <= 0:
+        return (freqs < cutoff_hz).float()
+    pos = ((freqs - lo) / transition_hz).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * pos))
+
+
+def replace_low_band(
+    generated: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    cutoff_hz: float,
+    *,
+    transition_hz: float | None = None,
+    n_fft: int = 2048,
+    hop: int = 512,
+    match_energy: bool = True,
+) -> Tensor:
+    """Keep ``reference``'s spectrum below the cutoff and ``generated``'s above it.
+
+    Both are ``(C, T)`` at ``sample_rate`` (same length; ``generated`` is cropped / padded).
+    In the STFT domain (Hann ``n_fft`` / ``hop``) the output is ``m·R + (1 - m)·g·G`` where
+    ``m`` is 1 below ``cutoff - transition``, a raised cosine across the transition band and 0
+    above the cutoff, and ``g`` (when ``match_energy``) scales the generated band so its
+    magnitude in the transition band equals the reference's (clamped to [0.25, 4]; AudioSR does
+    the opposite — rescales the input by a ratio taken at the single cutoff bin — which changes
+    the input's level). Below the transition band the output equals the reference up to STFT
+    round-off.
+    """
+    ref = _as_2d(reference).float()
+    gen = _as_2d(generated).float().to(ref.device)
+    length = ref.shape[-1]
+    if gen.shape[-1] != length:
+        gen = (
+            gen[..., :length]
+            if gen.shape[-1] > length
+            else torch.nn.functional.pad(gen, (0, length - gen.shape[-1]))
+        )
+    nyquist = sample_rate / 2
+    if cutoff_hz >= nyquist:
+        return ref.clone()
+    if transition_hz is None:
+        transition_hz = min(0.1 * cutoff_hz, 1000.0)
+    if length < n_fft:  # too short for a spectral crossfade: a plain zero-phase split
+        low = lowpass(ref, sample_rate, cutoff_hz)
+        return low + (gen - lowpass(gen, sample_rate, cutoff_hz))
+    win = torch.hann_window(n_fft, device=ref.device)
+    stft = lambda s: torch.stft(s, n_fft, hop, window=win, return_complex=True)  # noqa: E731
+    r_spec, g_spec = stft(ref), stft(gen)
+    freqs = torch.arange(r_spec.shape[-2], device=ref.device) * sample_rate / n_fft
+    mask = _crossfade_mask(freqs, cutoff_hz, transition_hz)[:, None]
+    if match_energy:
+        band = (freqs >= cutoff_hz - transition_hz) & (freqs < cutoff_hz)
+        if bool(band.any()):
+            num = r_spec[:, band].abs().sum(dim=(1, 2))
+            den = g_spec[:, band].abs().sum(dim=(1, 2)).clamp(min=1e-12)
+            gain = (num / den).clamp(0.25, 4.0)[:, None, None]
+            g_spec = g_spec * gain
+    out = mask * r_spec + (1 - mask) * g_spec
+    return torch.istft(out, n_fft, hop, window=win, length=length)
+
+
+def mel_bin_for_frequency(
+    freq_hz: float,
+    *,
+    n_mels: int,
+    sample_rate: int,
+    f_min: float = 20.0,
+    f_max: float | None = None,
+) -> int:
+    """Index of the highest Slaney mel band whose centre is at or below ``freq_hz``."""
+    import librosa
+
+    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=f_min, fmax=f_max or sample_rate / 2)[
+        1:-1
+    ]
+    return int(np.searchsorted(centres, freq_hz, side="right"))
+
+
+def replace_low_mel_bins(
+    generated: Tensor, condition: Tensor, cutoff_bin: int, *, transition_bins: int = 4
+) -> Tensor:
+    """Log-mel ``(..., F)``: ``condition`` below ``cutoff_bin``, ``generated`` above.
+
+    A raised-cosine crossfade over the ``transition_bins`` bins below ``cutoff_bin`` (AudioSR
+    copies bins ``[:cutoff]`` with a hard edge).
+    """
+    n = generated.shape[-1]
+    idx = torch.arange(n, device=generated.device, dtype=torch.float32)
+    lo = cutoff_bin - transition_bins
+    if transition_bins <= 0:
+        mask = (idx < cutoff_bin).float()
+    else:
+        mask = 0.5 * (1 + torch.cos(math.pi * ((idx - lo) / transition_bins).clamp(0, 1)))
+    return mask * condition + (1 - mask) * generated
+
+
+def match_level(
+    output: Tensor, reference: Tensor, *, mode: Literal["rms", "peak"] = "rms"
+) -> Tensor:
+    """Scale ``output`` so its RMS (or peak) equals ``reference``'s (silence stays silence)."""
+    if mode == "rms":
+        have, want = output.double().pow(2).mean().sqrt(), reference.double().pow(2).mean().sqrt()
+    elif mode == "peak":
+        have, want = output.abs().max().double(), reference.abs().max().double()
+    else:
+        raise UsageError(f"level mode must be 'rms' or 'peak', got {mode!r}")
+    if float(have) <= 1e-12:
+        return output.clone()
+    return output * float(want / have)

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from audiotool.dsp import (
+    degrade,
+    estimate_cutoff,
+    long_term_spectrum,
+    lowpass,
+    match_level,
+    mel_bin_for_frequency,
+    replace_low_band,
+    replace_low_mel_bins,
+)
+
+
+def _noise(kind: str, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=g).double().numpy()
+    if kind == "white":
+        return torch.from_numpy(w).float()[None]
+    spec = np.fft.rfft(w)
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    return torch.from_numpy(np.fft.irfft(spec / np.sqrt(f), n)).float()[None]
+
+
+def _harmonic(rate: int, seconds: float, f0: float = 110.0) -> torch.Tensor:
+    t = torch.arange(int(rate * seconds), dtype=torch.float64) / rate
+    x = sum((1 / k) * torch.sin(2 * math.pi * f0 * k * t + k) for k in range(1, int(rate / 2 / f0)))
+    return (0.1 * x).float()[None]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+@pytest.mark.parametrize("cutoff", [4000.0, 8000.0, 11025.0])
+@pytest.mark.parametrize("kind", ["white", "pink"])
+def test_cutoff_within_5_percent(rate: int, cutoff: float, kind: str) -> None:
+    x = lowpass(_noise(kind, rate * 2, seed=int(cutoff)), rate, cutoff)
+    est = estimate_cutoff(x, rate)
+    assert abs(est - cutoff) / cutoff < 0.05, est
+
+
+def test_cutoff_harmonic_and_full_band() -> None:
+    rate = 48000
+    x = _harmonic(rate, 2.0)
+    assert estimate_cutoff(x, rate) > 0.95 * 24000  # harmonics reach 23.9 kHz
+    y = lowpass(x, rate, 6000)
+    assert abs(estimate_cutoff(y, rate) - 6000) / 6000 < 0.05
+    assert estimate_cutoff(torch.zeros(1, 1000), rate) == 0.0
+
+
+def test_cutoff_of_degraded_input_near_its_nyquist() -> None:
+    x = _noise("white", 48000 * 2, 1)
+    for target in (8000, 16000, 24000):
+        est = estimate_cutoff(degrade(x, 48000, target), 48000)
+        assert 0.9 * target / 2 < est <= target / 2 * 1.02
+
+
+def test_degrade_removes_the_high_band() -> None:
+    x = _noise("white", 48000, 2)
+    y = degrade(x, 48000, 16000)
+    assert y.shape == x.shape
+    f, p_in = long_term_spectrum(x, 48000)
+    _, p_out = long_term_spectrum(y, 48000)
+    high = f > 8500
+    assert 10 * np.log10(p_out[high].mean() / p_in[high].mean()) < -60
+    low = f < 6000
+    assert abs(10 * np.log10(p_out[low].mean() / p_in[low].mean())) < 0.1
+
+
+def test_lowpass_is_deterministic_and_stereo() -> None:
+    x = torch.randn(2, 9000)
+    a, b = lowpass(x, 48000, 5000), lowpass(x, 48000, 5000)
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert torch.allclose(lowpass(x[1:], 48000, 5000), a[1:], atol=1e-6)
+    assert torch.equal(lowpass(x, 48000, 30000), x)  # above Nyquist: unchanged
+
+
+def test_replace_low_band_keeps_input_below_cutoff() -> None:
+    rate, cutoff = 48000, 8000.0
+    ref = lowpass(_noise("pink", rate, 3), rate, cutoff) + 0.0
+    gen = _noise("white", rate, 4) * 0.05
+    out = replace_low_band(gen, ref, rate, cutoff, transition_hz=800)
+    f, p_out = long_term_spectrum(out, rate)
+    _, p_ref = long_term_spectrum(ref, rate)
+    _, p_gen = long_term_spectrum(gen, rate)
+    low = (f > 50) & (f < cutoff - 800)
+    # < 0.1 dB: the STFT mask is exactly 1 there, only round-off and window leakage remain
+    assert np.abs(10 * np.log10(p_out[low] / p_ref[low])).max() < 0.1
+    high = f > cutoff + 1000
+    assert np.abs(10 * np.log10(p_out[high] / p_gen[high])).mean() < 13  # generated band kept
+    assert p_out[high].mean() > 100 * p_ref[high].mean()
+
+
+def test_transition_band_is_smooth_compared_with_a_hard_cut() -> None:
+    rate, cutoff = 48000, 8000.0
+    ref = _noise("white", rate, 5)
+    gen = 0.1 * _noise("white", rate, 6)
+    soft = replace_low_band(gen, ref, rate, cutoff, transition_hz=1000, match_energy=False)
+    hard = replace_low_band(gen, ref, rate, cutoff, transition_hz=0, match_energy=False)
+    f, ps = long_term_spectrum(soft, rate)
+    _, ph = long_term_spectrum(hard, rate)
+    band = (f > cutoff - 1500) & (f < cutoff + 500)
+    steps_soft = np.abs(np.diff(10 * np.log10(ps[band]))).max()
+    steps_hard = np.abs(np.diff(10 * np.log10(ph[band]))).max()
+    assert steps_soft < steps_hard / 2
+
+
+def test_replace_low_band_short_input() -> None:
+    ref, gen = torch.randn(2, 500), torch.randn(2, 520)
+    out = replace_low_band(gen, ref, 48000, 8000)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+
+
+def test_match_level() -> None:
+    ref = torch.randn(2, 1000) * 0.3
+    out = torch.randn(2, 1000) * 0.01
+    for mode in ("rms", "peak"):
+        y = match_level(out, ref, mode=mode)  # type: ignore[arg-type]
+        if mode == "rms":
+            ratio = float(y.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
+        else:
+            ratio = float(y.abs().max() / ref.abs().max())
+        assert abs(20 * math.log10(ratio)) < 0.1
+    assert torch.equal(match_level(torch.zeros(1, 5), ref), torch.zeros(1, 5))
+
+
+def test_mel_helpers() -> None:
+    k = mel_bin_for_frequency(8000, n_mels=256, sample_rate=48000)
+    assert 0 < k < 256
+    assert mel_bin_for_frequency(24000, n_mels=256, sample_rate=48000) == 256
+    gen, cond = torch.zeros(3, 10, 256), torch.ones(3, 10, 256)
+    out = replace_low_mel_bins(gen, cond, k, transition_bins=4)
+    assert torch.all(out[..., : k - 4] == 1) and torch.all(out[..., k:] == 0)
+    assert bool((out[..., k - 4 : k].diff(dim=-1) <= 0).all())
