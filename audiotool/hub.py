@@ -549,6 +549,9 @@ def save_pretrained(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = out / f".{WEIGHTS_NAME}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "family": config.family})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, out / WEIGHTS_NAME)
     _write_text_atomic(out / CONFIG_NAME, json.dumps(config.to_json_dict(), indent=2) + "\n")
     if card is not None:

@@ -294,6 +294,12 @@ def check_existing(targets: Iterable[Path], *, overwrite: bool, skip_existing: b
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(target: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; rename it to ``target`` on success.
@@ -334,6 +340,7 @@ def atomic_output(target: Path, *, protect: Iterable[Path] = ()) -> Iterator[Pat
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs normal permissions
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -58,28 +58,27 @@ def list_models(as_json: JsonOpt = False) -> None:
         ]
         sys.stdout.write(json.dumps({"zoo": str(zoo_dir()), "models": rows}) + "\n")
         return
-    from rich.table import Table
-
-    from audiotool.cli._report import stderr, stdout
+    from audiotool.cli._report import print_rows, stderr
 
     if not entries:
         stderr.print(f"the model zoo at {zoo_dir()} is empty", markup=False)
         return
-    table = Table(show_edge=False, header_style="bold")
-    for col in ("name", "task", "family", "rate", "size", "default", "description"):
-        table.add_column(col)
-    for e in entries:
-        table.add_row(
-            e.name,
-            e.task,
-            e.family,
-            str(e.sample_rate),
-            _size(e.size_bytes),
-            "yes" if e.default else "",
-            e.description,
-        )
-    stdout.print(table)
-    stdout.print(
+    print_rows(
+        ["name", "task", "family", "rate", "size", "default", "description"],
+        [
+            [
+                e.name,
+                e.task,
+                e.family,
+                str(e.sample_rate),
+                _size(e.size_bytes),
+                "yes" if e.default else "",
+                e.description,
+            ]
+            for e in entries
+        ],
+    )
+    stderr.print(
         "Also accepted by --model: a local folder with config.json + model.safetensors, or "
         "org/name[@revision] on the Hugging Face Hub.",
         markup=False,
@@ -158,3 +157,45 @@ def download_model(
     resolved = resolve(spec, revision=revision, cache_dir=cache_dir, local_files_only=False)
     sys.stdout.write(f"{resolved.folder}\n")
     return
+
+
+CONVERTERS = {
+    "audiosr": "AudioSR pytorch_model.bin (haoheliu/audiosr_basic, audiosr_speech)",
+    "hdemucs": "torchaudio HDemucs state dict (e.g. HDEMUCS_HIGH_MUSDB weights)",
+}
+
+
+@app.command(
+    "convert",
+    epilog="Examples:\n\n"
+    "  audiotool models convert audiosr pytorch_model.bin -o models/audiosr-basic\n\n"
+    "  audiotool models convert audiosr pytorch_model.bin -o audiosr-global --global-encoder\n\n"
+    "  audiotool models convert hdemucs hdemucs_high.pt -o hdemucs-high",
+)
+def convert_model(
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(CONVERTERS)}.")],
+    checkpoint: Annotated[Path, typer.Argument(help="The pickle checkpoint to read.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
+    global_encoder: Annotated[
+        bool, typer.Option("--global-encoder", help="audiosr: add the (untrained) global encoder.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing folder.")
+    ] = False,
+) -> None:
+    """Convert a public checkpoint into audiotool's format (read with weights_only=True)."""
+    from audiotool.errors import OutputExistsError, UsageError
+
+    if kind not in CONVERTERS:
+        raise UsageError(f"unknown checkpoint kind {kind!r}", hint=f"one of {list(CONVERTERS)}")
+    if (output / "model.safetensors").exists() and not overwrite:
+        raise OutputExistsError(f"{output} already holds a model", hint="pass --overwrite")
+    if kind == "audiosr":
+        from audiotool.importers.audiosr import import_audiosr
+
+        folder = import_audiosr(checkpoint, output, global_encoder=global_encoder)
+    else:
+        from audiotool.importers.hdemucs import import_hdemucs
+
+        folder = import_hdemucs(checkpoint, output)
+    sys.stdout.write(f"{folder}\n")

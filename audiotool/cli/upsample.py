@@ -1,18 +1,167 @@
-"""`audiotool upsample` (not available yet)."""
+"""`audiotool upsample`: audio super-resolution to 48 kHz."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Optional
 
 import typer
 
-from audiotool.errors import NotAvailableError
+from audiotool.cli._options import (
+    RUN,
+    BatchSizeOpt,
+    BitDepthChoice,
+    BitDepthOpt,
+    ChunkSecondsOpt,
+    ClipChoice,
+    ClipOpt,
+    Device,
+    DeviceOpt,
+    FailFastOpt,
+    FilenameOpt,
+    FormatOpt,
+    InputsArg,
+    JsonOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PrecisionChoice,
+    PrecisionOpt,
+    QuietOpt,
+    RevisionOpt,
+    SeedOpt,
+    SkipExistingOpt,
+    output_options,
+    runtime_options,
+)
+from audiotool.errors import UsageError
 
-HELP = "upsample audio files [not available yet]."
-EPILOG = ""
+HELP = (
+    "Restore the missing high band of band-limited audio (any rate in, 48 kHz out) with "
+    "chunked latent diffusion and a whole-file global context. Keeps the input's own low band, "
+    "level, channels and exact duration."
+)
+EPILOG = (
+    "Examples:\n\n"
+    "  audiotool upsample speech_16k.wav -o speech_48k.wav\n\n"
+    "  audiotool upsample recordings/ -o upsampled/ --steps 25 --guidance 2.5\n\n"
+    "  audiotool upsample old.mp3 -o restored.flac --cutoff 11000 --seed 7\n\n"
+    "  audiotool upsample in.wav -o out.wav --model org/audiosr-converted --device cuda "
+    "--precision bf16"
+)
+
+
+def _parse_cutoff(value: str) -> float | None:
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        hz = float(value.lower().removesuffix("hz"))
+    except ValueError:
+        raise UsageError(f"--cutoff must be 'auto' or a frequency in Hz, got {value!r}") from None
+    if hz <= 0:
+        raise UsageError(f"--cutoff must be positive, got {value!r}")
+    return hz
 
 
 def upsample(
-    args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
+    inputs: InputsArg,
+    output: OutputOpt = None,
+    filename: FilenameOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    steps: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--steps",
+            min=1,
+            max=1000,
+            help="DDIM steps (default: the model's, 50).",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    guidance: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--guidance", help="Classifier-free guidance scale (default: 3.5).", rich_help_panel=RUN
+        ),
+    ] = None,
+    eta: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--eta", min=0.0, help="DDIM stochasticity (0 deterministic).", rich_help_panel=RUN
+        ),
+    ] = None,
+    chunk_seconds: ChunkSecondsOpt = None,
+    overlap_seconds: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--overlap-seconds", min=0.0, help="Overlap between chunks.", rich_help_panel=RUN
+        ),
+    ] = None,
+    cutoff: Annotated[
+        str,
+        typer.Option("--cutoff", help="'auto' or Hz: the band above it is generated."),
+    ] = "auto",
+    sr: Annotated[
+        int, typer.Option("--sr", min=8000, max=192000, help="Output sample rate.")
+    ] = 48000,
+    no_global_context: Annotated[
+        bool,
+        typer.Option(
+            "--no-global-context",
+            help="Do not use the whole-file global encoder.",
+            rich_help_panel=RUN,
+        ),
+    ] = False,
+    fmt: FormatOpt = None,
+    bit_depth: BitDepthOpt = BitDepthChoice.b24,
+    clip: ClipOpt = ClipChoice.rescale,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchSizeOpt = 4,
+    precision: PrecisionOpt = PrecisionChoice.fp32,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    fail_fast: FailFastOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    raise NotAvailableError("`audiotool upsample` is not available yet in this version")
+    from audiotool.cli._report import print_summary, progress_bars, setup_logging
+    from audiotool.paths import expand_inputs
+    from audiotool.tasks.upsample import UpsampleOptions, upsample_files
+
+    setup_logging(quiet=quiet)
+    out = output_options(
+        output=output,
+        filename=filename,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        fail_fast=fail_fast,
+        bit_depth=bit_depth,
+        clip=clip,
+        fmt=fmt,
+    )
+    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    opts = UpsampleOptions(
+        steps=steps,
+        guidance=guidance,
+        eta=eta,
+        chunk_seconds=chunk_seconds,
+        overlap_seconds=overlap_seconds,
+        cutoff=_parse_cutoff(cutoff),
+        output_rate=sr,
+        global_context=not no_global_context,
+    )
+    expanded = expand_inputs(inputs, stdin=sys.stdin)
+    with progress_bars(quiet=quiet) as bars:
+        report = upsample_files(
+            expanded,
+            model=model,
+            revision=revision,
+            options=opts,
+            output=out,
+            runtime=rt,
+            progress=bars,
+        )
+    print_summary(report, as_json=as_json, quiet=quiet)
+    raise typer.Exit(report.exit_code)

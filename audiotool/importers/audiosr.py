@@ -1,0 +1,124 @@
+"""Import AudioSR checkpoints (``haoheliu/audiosr_basic`` / ``audiosr_speech``).
+
+The file is ``pytorch_model.bin``: a pickle whose ``"state_dict"`` holds the reference
+``LatentDiffusion``'s tensors (``shared/reference/audiosr.md``, "Checkpoint format"). Keys map
+one to one onto :func:`audiotool.models.latent_diffusion.build_audiosr`; the groups below are
+ignored on purpose, and any other missing or unexpected key is an error that lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from audiotool.errors import WeightMismatchError
+from audiotool.importers import load_pickle_state
+from audiotool.models.latent_diffusion import (
+    LatentDiffusion,
+    LatentDiffusionConfig,
+    audiosr_config,
+    build_model,
+)
+
+#: prefixes of reference tensors that inference never uses (CLAP, the EMA shadow copy)
+IGNORED_PREFIXES = ("clap.", "model_ema.")
+#: exact reference keys that are not used (the learned log-variance of the training loss)
+IGNORED_KEYS = ("logvar",)
+#: parts of the conditioning VAE we do not build: only its encoder + quant_conv are used
+DROPPED_COND_PREFIXES = (
+    "cond_stage_models.0.vae.decoder.",
+    "cond_stage_models.0.vae.post_quant_conv.",
+    "cond_stage_models.0.vae.vocoder.",
+)
+#: parameters that only exist with the global encoder (start from their initialisation)
+GLOBAL_MARKERS = (".global_attn.", "model.diffusion_model.global_encoder.")
+
+
+def _ignored(key: str) -> bool:
+    return key.startswith(IGNORED_PREFIXES + DROPPED_COND_PREFIXES) or key in IGNORED_KEYS
+
+
+def map_audiosr_state(
+    state: dict[str, torch.Tensor], model: LatentDiffusion, *, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Strictly map a reference state dict onto ``model``'s keys.
+
+    Returns the complete state dict for ``model`` (global-encoder parameters, when present,
+    keep their initial values: zero output projections, so the output equals AudioSR's).
+
+    Raises:
+        WeightMismatchError: missing / unexpected / reshaped keys, all listed.
+    """
+    expected = model.state_dict()
+    kept = {k: v for k, v in state.items() if not _ignored(k)}
+    new_keys = {k for k in expected if any(m in k for m in GLOBAL_MARKERS)}
+    missing = sorted(set(expected) - set(kept) - new_keys)
+    unexpected = sorted(set(kept) - set(expected))
+    reshaped = sorted(
+        f"{k}: checkpoint {tuple(kept[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(kept) & set(expected)
+        if tuple(kept[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or reshaped:
+        parts = [
+            f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", reshaped),
+            )
+            if keys
+        ]
+        raise WeightMismatchError(
+            f"{source}: not an AudioSR checkpoint of the known layout; " + "; ".join(parts),
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=reshaped,
+        )
+    out = {k: v.to(expected[k].dtype) for k, v in kept.items()}
+    for k in new_keys:
+        out[k] = expected[k]
+    return out
+
+
+def convert_audiosr_checkpoint(
+    path: Path, *, global_encoder: bool = False, config: LatentDiffusionConfig | None = None
+) -> tuple[LatentDiffusion, LatentDiffusionConfig]:
+    """Read an AudioSR ``pytorch_model.bin`` (``weights_only=True``) into our model.
+
+    Args:
+        path: the checkpoint.
+        global_encoder: add the (untrained, zero-output) global encoder.
+        config: the architecture (default: AudioSR's; tests pass a reduced one).
+    """
+    state = load_pickle_state(path, key="state_dict")
+    cfg = config or audiosr_config(global_encoder=global_encoder)
+    if "scale_factor" in state:
+        cfg = cfg.replace(scale_factor=float(state["scale_factor"]))
+    model = build_model(cfg)
+    model.load_state_dict(map_audiosr_state(state, model, source=str(path)), strict=True)
+    return model.eval(), cfg
+
+
+def import_audiosr(path: Path, out_dir: Path, *, global_encoder: bool = False) -> Path:
+    """Convert an AudioSR checkpoint and write it in audiotool's format to ``out_dir``."""
+    from audiotool.hub import save_pretrained
+
+    model, cfg = convert_audiosr_checkpoint(Path(path), global_encoder=global_encoder)
+    card = (
+        "---\nlibrary_name: audiotool\npipeline_tag: audio-to-audio\ntags: [audio-super-resolution"
+        ", audiosr]\n---\n\n# AudioSR (converted)\n\n"
+        f"Converted with `audiotool models convert audiosr {Path(path).name}` from an AudioSR "
+        "checkpoint (Liu et al. 2024, haoheliu/versatile_audio_super_resolution). Weights are "
+        "the authors'; see their licence. Ignored at conversion: CLAP, the EMA copy, `logvar`, "
+        "and the unused decoder/vocoder of the conditioning VAE."
+        + (
+            "\n\nThe global encoder was added untrained (zero output: results equal AudioSR's "
+            "until it is fine-tuned)."
+            if global_encoder
+            else ""
+        )
+        + "\n"
+    )
+    return save_pretrained(model, cfg, out_dir, card=card)

@@ -1,0 +1,67 @@
+"""Pieces shared by the task implementations: model loading for a task, chunk progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from audiotool.progress import NullProgress, Progress
+from audiotool.tasks._batch import RuntimeOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from audiotool.hub import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Resolved compute settings: device, autocast dtype, batch size, seed."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    batch_size: int
+    seed: int
+
+    @classmethod
+    def from_options(cls, options: RuntimeOptions) -> Runtime:
+        from audiotool.device import resolve_device, resolve_dtype
+
+        device = resolve_device(options.device)
+        return cls(
+            device=device,
+            dtype=resolve_dtype(options.precision, device),
+            batch_size=options.batch_size,
+            seed=options.seed,
+        )
+
+
+def load_task_model(
+    spec: str | None, task: str, *, revision: str | None, runtime: Runtime
+) -> LoadedModel:
+    """Load the model for ``task`` (the zoo default when ``spec`` is None) onto the device."""
+    from audiotool.hub import load_model
+
+    return load_model(spec, task=task, revision=revision, device=runtime.device)
+
+
+def chunk_progress(progress: Progress | None, key: str = "chunks") -> Callable[[int, int], None]:
+    """An engine callback ``(done, total)`` forwarding to ``progress`` bar ``key``."""
+    sink = progress or NullProgress()
+    started = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            sink.start(key, total)
+            started = True
+        sink.update(key, done, total)
+        if done >= total:
+            sink.end(key)
+            started = False
+
+    return update

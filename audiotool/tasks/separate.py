@@ -1,0 +1,269 @@
+"""`separate`: split mixtures into stems with batched overlap-add.
+
+Pipeline per file: read -> channel policy -> resample to the model rate -> (optional
+test-time shifts) overlap-add over chunks, mini-batched on the device -> optional
+mixture-consistency projection -> resample back -> chosen stems (+ residual) -> atomic writes.
+Outputs keep the input's sample rate and channel count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audiotool.errors import UsageError
+from audiotool.paths import ExpandedInputs, OutputPlanner, check_existing
+from audiotool.progress import NullProgress, Progress
+from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
+from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from audiotool.hub import LoadedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
+DEFAULT_DIR = Path("separated")
+MAX_SHIFT_SECONDS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparateOptions:
+    """What to separate and how.
+
+    Attributes:
+        stems: stems to write (None = all of the model's).
+        residual: also write mixture minus the chosen stems (``no_<stem>`` for one stem,
+            ``rest`` for several).
+        chunk_seconds: chunk length (None = the model's default).
+        overlap: overlap between chunks as a fraction of the chunk (exclusive with hop).
+        hop_seconds: hop between chunk starts (None = from overlap, else the model's default).
+        shifts: test-time shift averaging: the mixture is also separated N times delayed by
+            random offsets of up to 0.5 s (drawn from the seed) and the results averaged.
+        mixture_consistent: project the stems so that they sum exactly to the mixture (the
+            residual is shared equally between all stems of the model).
+    """
+
+    stems: tuple[str, ...] | None = None
+    residual: bool = False
+    chunk_seconds: float | None = None
+    overlap: float | None = None
+    hop_seconds: float | None = None
+    shifts: int = 0
+    mixture_consistent: bool = False
+
+
+def model_stems(config: Any) -> tuple[str, ...]:
+    """The stems a separation config produces."""
+    for name in ("stems", "sources"):
+        value = getattr(config, name, None)
+        if value:
+            return tuple(value)
+    raise UsageError(f"model family '{config.family}' does not declare its stems")
+
+
+def choose_stems(available: Sequence[str], wanted: Sequence[str] | None) -> tuple[str, ...]:
+    """Validate ``--stems`` against the model's stems (the error lists them)."""
+    if not wanted:
+        return tuple(available)
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise UsageError(
+            f"--stems {','.join(unknown)}: not produced by this model",
+            hint=f"it produces {', '.join(available)}",
+        )
+    if len(set(wanted)) != len(wanted):
+        raise UsageError(f"--stems lists a stem twice: {','.join(wanted)}")
+    return tuple(wanted)
+
+
+def residual_name(chosen: Sequence[str]) -> str:
+    return f"no_{chosen[0]}" if len(chosen) == 1 else "rest"
+
+
+def chunk_plan(config: Any, options: SeparateOptions) -> tuple[float, float]:
+    """(chunk_seconds, hop_seconds) from the options and the model's defaults."""
+    chunk = options.chunk_seconds or float(getattr(config, "default_chunk_seconds", 6.0))
+    if options.overlap is not None and options.hop_seconds is not None:
+        raise UsageError("give either --overlap or --hop-seconds, not both")
+    if options.hop_seconds is not None:
+        hop = options.hop_seconds
+    elif options.overlap is not None:
+        if not 0.0 <= options.overlap < 1.0:
+            raise UsageError(f"--overlap must be in [0, 1), got {options.overlap}")
+        hop = chunk * (1.0 - options.overlap)
+    elif options.chunk_seconds is not None:
+        hop = chunk / 2
+    else:
+        hop = float(getattr(config, "default_hop_seconds", chunk / 2))
+    if not 0 < hop <= chunk:
+        raise UsageError(f"the hop must be in (0, chunk={chunk:g} s], got {hop:g} s")
+    return chunk, hop
+
+
+def separate_tensor(
+    model: nn.Module,
+    config: Any,
+    audio: torch.Tensor,
+    sample_rate: int,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: Progress | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Separate one mixture.
+
+    Args:
+        model: ``(B, C_m, T) -> {stem: (B, C_m, T)}`` at ``config.sample_rate``.
+        config: the model's config (stems, sample_rate, audio channels, chunk defaults).
+        audio: mixture ``(C, T)`` at ``sample_rate`` (any channel count).
+        options: chunking, shifts, consistency.
+        runtime: device, dtype, batch size, seed.
+        model_kwargs: extra keyword arguments for every chunk (e.g. ``query=``).
+
+    Returns:
+        ``{stem: (C, T)}`` for every model stem, at ``sample_rate``, float32 on the CPU.
+    """
+    import torch
+
+    from audiotool.audio import resample
+    from audiotool.engine.overlap_add import OverlapAddProcessor
+
+    rate = int(config.sample_rate)
+    model_channels = int(getattr(config, "audio_channels", 2))
+    chunk, hop = chunk_plan(config, options)
+    c_in, length = int(audio.shape[0]), int(audio.shape[-1])
+    # channel policy: matching count -> as is; otherwise every input channel separately
+    # (duplicated to the model's channel count, averaged back)
+    per_channel = c_in != model_channels
+    x = resample(audio, sample_rate, rate, device=runtime.device)
+    processor = OverlapAddProcessor(chunk, hop, rate)
+    kwargs = dict(model_kwargs or {})
+    gen = torch.Generator().manual_seed(runtime.seed)
+    offsets = [0] + [
+        int(torch.randint(0, int(MAX_SHIFT_SECONDS * rate), (1,), generator=gen))
+        for _ in range(options.shifts)
+    ]
+    stems = model_stems(config)
+    total = {s: torch.zeros(c_in, x.shape[-1], device=runtime.device) for s in stems}
+    chunks_cb = chunk_progress(progress)
+    for offset in offsets:
+        for gi in range(c_in if per_channel else 1):
+            g = x[gi : gi + 1].expand(model_channels, -1) if per_channel else x
+            padded = torch.nn.functional.pad(g, (offset, 0)) if offset else g
+            out = processor.process(
+                model,
+                padded,
+                runtime.batch_size,
+                runtime.device,
+                dtype=runtime.dtype,
+                progress=chunks_cb,
+                **kwargs,
+            )
+            for s in stems:
+                y = out[s][..., offset : offset + g.shape[-1]].to(runtime.device)
+                if per_channel:
+                    total[s][gi] += y.mean(0)
+                else:
+                    total[s] += y
+    result = {s: v / len(offsets) for s, v in total.items()}
+    if options.mixture_consistent:
+        excess = (x - sum(result.values())) / len(stems)
+        result = {s: v + excess for s, v in result.items()}
+    back = {
+        s: resample(v, rate, sample_rate)[..., :length].float().cpu() for s, v in result.items()
+    }
+    for s, v in back.items():
+        if v.shape[-1] < length:  # resampling rounds; never lose the last sample
+            back[s] = torch.nn.functional.pad(v, (0, length - v.shape[-1]))
+    return back
+
+
+def separate_files(
+    inputs: ExpandedInputs,
+    *,
+    model: str | None = None,
+    revision: str | None = None,
+    options: SeparateOptions = SeparateOptions(),
+    output: OutputOptions = OutputOptions(),
+    runtime: RuntimeOptions = RuntimeOptions(),
+    progress: Progress | None = None,
+) -> BatchReport:
+    """Separate every input file and write its stems (the ``audiotool separate`` command)."""
+    from audiotool.audio import read_audio, write_audio
+
+    progress = progress or NullProgress()
+    rt = Runtime.from_options(runtime)
+    loaded: LoadedModel = load_task_model(model, "separate", revision=revision, runtime=rt)
+    available = model_stems(loaded.config)
+    chosen = choose_stems(available, options.stems)
+    chunk_plan(loaded.config, options)  # validate options before the first file
+    ext = output.format or "wav"
+    names = list(chosen) + ([residual_name(chosen)] if options.residual else [])
+    planner = OutputPlanner(
+        output=output.output,
+        template=output.filename,
+        default_template=DEFAULT_TEMPLATE,
+        default_dir=DEFAULT_DIR,
+        inputs=inputs.files,
+        single_output=False,
+        allowed_fields=frozenset({"track", "stem", "ext", "model", "name", "parent", "task"}),
+    )
+    model_name = loaded.model_id.split("/")[-1].replace("zoo:", "").split("@")[0]
+
+    def one(path: Path) -> FileResult:
+        targets = {
+            n: planner.path_for(
+                path, track=path.stem, stem=n, ext=ext, model=model_name, task="separate"
+            )
+            for n in names
+        }
+        if check_existing(
+            targets.values(), overwrite=output.overwrite, skip_existing=output.skip_existing
+        ):
+            return FileResult(
+                input=str(path), status="skipped", outputs=[str(t) for t in targets.values()]
+            )
+        audio = read_audio(path)
+        stems = separate_tensor(
+            loaded.model,
+            loaded.config,
+            audio.samples,
+            audio.sample_rate,
+            options=options,
+            runtime=rt,
+            progress=progress,
+        )
+        outputs = {n: stems[n] for n in chosen}
+        if options.residual:
+            outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
+        for n, wave in outputs.items():
+            write_audio(
+                targets[n],
+                wave,
+                audio.sample_rate,
+                bit_depth=output.bit_depth,
+                clip=output.clip,
+                fmt=ext,
+                protect=inputs.files,
+            )
+        return FileResult(
+            input=str(path),
+            outputs=[str(targets[n]) for n in outputs],
+            details={
+                "stems": list(outputs),
+                "sample_rate": audio.sample_rate,
+                "duration": round(audio.duration, 3),
+            },
+        )
+
+    report = run_batch("separate", inputs, one, fail_fast=output.fail_fast, progress=progress)
+    report.extra["model"] = loaded.model_id
+    return report
