@@ -49,12 +49,12 @@ def estimate_cutoff(
     *,
     method: CutoffMethod = "cliff",
     energy: float = 0.985,
-    drop_db: float = 25.0,
+    drop_db: float = 20.0,
 ) -> float:
     """Highest frequency (Hz) with real content in ``audio`` ``(C, T)``.
 
     ``cliff`` (default): in the smoothed long-term spectrum (dB), find the highest frequency
-    after which the level falls by ``drop_db`` within 4 % of the Nyquist range and never comes
+    after which the level falls by ``drop_db`` within 6 % of the Nyquist range and never comes
     back (the signature of a low-pass / low sample rate / lossy codec), then return the -2 dB
     point relative to the passband level just below it. Without such a cliff the content reaches
     Nyquist and ``sample_rate / 2`` is returned. A natural roll-off (speech, a dull mix) is not a
@@ -81,7 +81,7 @@ def estimate_cutoff(
     width = max(1, n // 200)
     padded = np.pad(level, (width // 2, width - 1 - width // 2), mode="edge")
     level = np.convolve(padded, np.ones(width) / width, mode="valid")
-    delta = max(2, int(round(0.04 * n)))
+    delta = max(2, int(round(0.06 * n)))
     # suffix maximum: the loudest level at or above each bin
     tail_max = np.maximum.accumulate(level[::-1])[::-1]
     candidates = [k for k in range(delta, n - delta) if level[k] - tail_max[k + delta] >= drop_db]
