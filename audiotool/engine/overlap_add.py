@@ -33,6 +33,9 @@ Improvements over seed 004, and why:
 8. **Out of memory** halves the mini-batch and retries only the unfinished chunks
    (:func:`audiotool.engine.batching.map_batches`).
 9. **Progress** through an optional ``(chunks_done, chunks_total)`` callback.
+10. **Context-only margins** (``context_seconds``): the ends of each chunk feed the model but
+    get zero weight, as demucs' real-context padding does — chunked output then equals the
+    whole-file output exactly for models whose receptive field fits in the margin.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class ChunkPlan:
         length: original length T.
         chunk: chunk length L.
         hop: hop H.
-        pad_left: padding before the signal (``min(L - H, L // 2)``, at least 0).
+        pad_left: padding before the signal (``context + taper``).
         pad_right: padding after it (so that the chunks end exactly at the padded end).
         n_chunks: number of chunks N.
     """
@@ -72,25 +75,39 @@ class ChunkPlan:
     pad_left: int
     pad_right: int
     n_chunks: int
+    context: int = 0
+
+    @property
+    def taper(self) -> int:
+        """Length of each raised-cosine taper of the window."""
+        core = self.chunk - 2 * self.context
+        return min(core - self.hop, core // 2)
 
     @property
     def padded_length(self) -> int:
         return self.pad_left + self.length + self.pad_right
 
 
-def plan_chunks(length: int, chunk: int, hop: int) -> ChunkPlan:
-    """Padding and chunk count covering ``length`` samples with chunks ``chunk`` / ``hop``."""
-    if chunk < 1 or hop < 1 or hop > chunk:
-        raise EngineError(f"need 1 <= hop <= chunk, got chunk={chunk}, hop={hop}")
+def plan_chunks(length: int, chunk: int, hop: int, context: int = 0) -> ChunkPlan:
+    """Padding and chunk count covering ``length`` samples with chunks ``chunk`` / ``hop``.
+
+    ``context`` samples at both ends of every chunk are model context only: they get zero
+    weight, so ``hop <= chunk - 2 * context`` is required.
+    """
+    if chunk < 1 or hop < 1 or context < 0 or hop > chunk - 2 * context:
+        raise EngineError(
+            f"need 1 <= hop <= chunk - 2*context, got chunk={chunk}, hop={hop}, context={context}"
+        )
     if length < 1:
         raise EngineError("cannot process an empty signal")
-    taper = min(chunk - hop, chunk // 2)
-    pad_left = taper
-    # at least `taper` samples of context after the end, and whole hops
-    need = pad_left + length + taper
+    core = chunk - 2 * context
+    taper = min(core - hop, core // 2)
+    pad_left = context + taper
+    # at least `taper + context` samples after the end, and whole hops
+    need = pad_left + length + taper + context
     n = max(1, math.ceil(max(need - chunk, 0) / hop) + 1)
     pad_right = (n - 1) * hop + chunk - pad_left - length
-    return ChunkPlan(length, chunk, hop, pad_left, pad_right, n)
+    return ChunkPlan(length, chunk, hop, pad_left, pad_right, n, context)
 
 
 def taper_window(length: int, taper: int, *, device: torch.device | None = None) -> Tensor:
@@ -141,6 +158,9 @@ class OverlapAddProcessor:
         hop_seconds: hop between chunk starts (``<= chunk_seconds``).
         sample_rate: rate of the audio given to :meth:`process`.
         pad_mode: edge padding (``reflect`` gives the model real context).
+        context_seconds: at both ends of every chunk, this much output is discarded (zero
+            weight): the model still hears it as context. With a model whose receptive field is
+            at most the context, chunked output equals whole-file output exactly.
     """
 
     def __init__(
@@ -150,6 +170,7 @@ class OverlapAddProcessor:
         sample_rate: int,
         *,
         pad_mode: PadMode = "reflect",
+        context_seconds: float = 0.0,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.chunk = int(round(chunk_seconds * sample_rate))
@@ -160,6 +181,12 @@ class OverlapAddProcessor:
                 f"{self.chunk}/{self.hop} samples; need 1 <= hop <= chunk"
             )
         self.pad_mode: PadMode = pad_mode
+        self.context = int(round(context_seconds * sample_rate))
+        if self.hop > self.chunk - 2 * self.context:
+            raise EngineError(
+                f"the hop ({hop_seconds} s) must be at most chunk - 2 x context "
+                f"({(self.chunk - 2 * self.context) / sample_rate:g} s)"
+            )
 
     def process(
         self,
@@ -187,7 +214,7 @@ class OverlapAddProcessor:
             raise EngineError(f"audio must be (C, T), got shape {tuple(audio.shape)}")
         home = audio.device
         dev = torch.device(device) if device is not None else home
-        plan = plan_chunks(int(audio.shape[-1]), self.chunk, self.hop)
+        plan = plan_chunks(int(audio.shape[-1]), self.chunk, self.hop, self.context)
         with torch.inference_mode():
             views = unfold_chunks(audio.to(dev), plan, self.pad_mode)  # (C, N, L)
             acc = _Accumulator(plan)
@@ -240,16 +267,20 @@ class _Accumulator:
         ratio_num, ratio_den = out_len, p.chunk
         hop_o = p.hop * ratio_num / ratio_den
         pad_o = p.pad_left * ratio_num / ratio_den
-        if hop_o != int(hop_o) or pad_o != int(pad_o):
+        ctx_o = p.context * ratio_num / ratio_den
+        if hop_o != int(hop_o) or pad_o != int(pad_o) or ctx_o != int(ctx_o):
             raise EngineError(
                 f"model output '{key}' has {out_len} samples per {p.chunk}-sample chunk; the hop "
                 f"({p.hop}) and edge padding ({p.pad_left}) must map to whole output samples — "
                 "choose chunk/hop lengths that are multiples of the model's stride"
             )
-        hop_o, pad_o = int(hop_o), int(pad_o)
-        taper = min(out_len - hop_o, out_len // 2)
+        hop_o, pad_o, ctx_o = int(hop_o), int(pad_o), int(ctx_o)
+        core = out_len - 2 * ctx_o
+        taper = min(core - hop_o, core // 2)
         total = (p.n_chunks - 1) * hop_o + out_len
-        self.windows[key] = taper_window(out_len, taper, device=y.device)
+        window = torch.zeros(out_len, device=y.device)
+        window[ctx_o : ctx_o + core] = taper_window(core, taper, device=y.device)
+        self.windows[key] = window
         self.buffers[key] = torch.zeros(int(y.shape[1]), total, device=y.device)
         self.scale[key] = (out_len, hop_o, pad_o)
 
@@ -289,4 +320,4 @@ def _normalise_inplace(
             a, b = max(lo, k * hop), min(hi, k * hop + length)
             if a < b:
                 weight[a - lo : b - lo] += window[a - k * hop : b - k * hop]
-        buf[:, lo:hi] /= weight
+        buf[:, lo:hi] /= weight.clamp(min=1e-20)  # 0 only in discarded margins

@@ -193,3 +193,33 @@ def test_unfold_is_a_view_and_fold_inverts_it() -> None:
     counts = fold_chunks(torch.ones(plan.n_chunks, 1, 20), 10, ones)
     rebuilt = (folded / counts)[:, plan.pad_left : plan.pad_left + 103]
     assert torch.allclose(rebuilt, x)
+
+
+def test_context_margins_make_chunked_equal_whole_for_bounded_models() -> None:
+    from audiotool.models.separation import build_model, tiny_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config().replace(time_model="conv")).eval()
+    r = model.receptive_field_samples
+    assert r is not None
+    x = torch.randn(2, 12800)
+    with torch.no_grad():
+        whole = model(x[None])
+    # chunk, hop and context on the STFT hop grid (64); context >= receptive field
+    proc = OverlapAddProcessor(64 * 60, 64 * 20, 1, context_seconds=64 * 14)
+    assert proc.context >= r
+    out = proc.process(model, x, 3)
+    inner = slice(r, -r)  # the file edges see reflect padding instead of the STFT's own
+    for stem in out:
+        assert torch.allclose(out[stem][:, inner], whole[stem][0][:, inner], atol=1e-5), stem
+    plain = OverlapAddProcessor(64 * 60, 64 * 20, 1).process(model, x, 3)
+    assert not torch.allclose(plain["vocals"][:, inner], whole["vocals"][0][:, inner], atol=1e-5)
+
+
+def test_context_identity_any_length() -> None:
+    for length in (1, 50, 333, 1000):
+        x = torch.randn(1, length)
+        y = OverlapAddProcessor(40, 10, 1, context_seconds=8).process(identity, x, 2)["output"]
+        assert torch.allclose(y, x, atol=1e-5)
+    with pytest.raises(EngineError, match="context"):
+        OverlapAddProcessor(40, 30, 1, context_seconds=8)
