@@ -205,7 +205,8 @@ class BandSplitSeparator(nn.Module):
         out: dict[str, Tensor] = {}
         for stem in self.stems:
             masks = []
-            for i, ((lo, hi), head) in enumerate(zip(self.edges, self.heads[stem], strict=True)):
+            heads: nn.ModuleList = self.heads[stem]  # type: ignore[assignment]
+            for i, ((lo, hi), head) in enumerate(zip(self.edges, heads, strict=True)):
                 m = head(h[:, i])  # (B, N, C*w*2)
                 masks.append(m.reshape(b, n, c, hi - lo, 2).permute(0, 2, 3, 1, 4))
             mask = torch.view_as_complex(torch.cat(masks, dim=2).contiguous())  # (B, C, F, N)

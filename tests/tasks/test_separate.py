@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ RT = Runtime(device=torch.device("cpu"), dtype=None, batch_size=3, seed=0)
 class Split(nn.Module):
     """A deterministic 'separator': fixed gains per stem (sums to 1)."""
 
-    gains = {"vocals": 0.4, "drums": 0.3, "bass": 0.2, "other": 0.1}
+    gains: ClassVar[dict[str, float]] = {"vocals": 0.4, "drums": 0.3, "bass": 0.2, "other": 0.1}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return {s: x * g for s, g in self.gains.items()}
@@ -158,7 +159,7 @@ def test_cli_stems_residual_format_template(
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a_no_vocals_sep.flac", "a_vocals_sep.flac"]
-    v, sr = sf.read(out / "a_vocals_sep.flac")
+    v, _ = sf.read(out / "a_vocals_sep.flac")
     nv, _ = sf.read(out / "a_no_vocals_sep.flac")
     mix, _ = sf.read(song)
     assert sf.info(str(out / "a_vocals_sep.flac")).subtype == "PCM_16"
