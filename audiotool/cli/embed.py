@@ -1,18 +1,92 @@
-"""`audiotool embed` (not available yet)."""
+"""`audiotool embed`: clip and segment embeddings."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from audiotool.errors import NotAvailableError
+from audiotool.cli._options import (
+    BatchSizeOpt,
+    Device,
+    DeviceOpt,
+    FailFastOpt,
+    FilenameOpt,
+    InputsArg,
+    JsonOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PrecisionChoice,
+    PrecisionOpt,
+    QuietOpt,
+    RevisionOpt,
+    SeedOpt,
+    SkipExistingOpt,
+    output_options,
+    runtime_options,
+)
 
-HELP = "embed audio files [not available yet]."
-EPILOG = ""
+HELP = (
+    "Embed audio with the audio branch (Conformer + segment pooling): per file a pooled "
+    "clip embedding, segment embeddings and their timestamps. Writes one file per input into "
+    "a folder, or one combined file when -o ends in .npz/.npy/.jsonl."
+)
+EPILOG = (
+    "Examples:\n\n"
+    "  audiotool embed clips/ -o embeddings.npz\n\n"
+    "  audiotool embed a.wav b.flac -o out/ --format jsonl\n\n"
+    "  audiotool embed clips/ -o pooled.npy --pooled-only"
+)
 
 
 def embed(
-    args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
+    inputs: InputsArg,
+    output: OutputOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="npz | npy | jsonl (per-file outputs).")
+    ] = "npz",
+    pooled_only: Annotated[
+        bool, typer.Option("--pooled-only", help="Only the pooled clip embedding.")
+    ] = False,
+    filename: FilenameOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchSizeOpt = 8,
+    precision: PrecisionOpt = PrecisionChoice.fp32,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    fail_fast: FailFastOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    raise NotAvailableError("`audiotool embed` is not available yet in this version")
+    from audiotool.cli._report import print_summary, progress_bars, setup_logging
+    from audiotool.paths import expand_inputs
+    from audiotool.tasks.embed import embed_files
+
+    setup_logging(quiet=quiet)
+    out = output_options(
+        output=output,
+        filename=filename,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        fail_fast=fail_fast,
+    )
+    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    expanded = expand_inputs(inputs, stdin=sys.stdin)
+    with progress_bars(quiet=quiet) as bars:
+        report = embed_files(
+            expanded,
+            model=model,
+            revision=revision,
+            fmt=fmt,
+            pooled_only=pooled_only,
+            output=out,
+            runtime=rt,
+            progress=bars,
+        )
+    print_summary(report, as_json=as_json, quiet=quiet)
+    raise typer.Exit(report.exit_code)

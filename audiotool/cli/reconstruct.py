@@ -1,18 +1,120 @@
-"""`audiotool reconstruct` (not available yet)."""
+"""`audiotool reconstruct`: representation round trips with quality metrics."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from audiotool.errors import NotAvailableError
+from audiotool.cli._options import (
+    BatchSizeOpt,
+    BitDepthChoice,
+    BitDepthOpt,
+    ChunkSecondsOpt,
+    ClipChoice,
+    ClipOpt,
+    Device,
+    DeviceOpt,
+    FailFastOpt,
+    FilenameOpt,
+    FormatOpt,
+    InputsArg,
+    JsonOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PrecisionChoice,
+    PrecisionOpt,
+    QuietOpt,
+    RevisionOpt,
+    SeedOpt,
+    SkipExistingOpt,
+    output_options,
+    runtime_options,
+)
 
-HELP = "reconstruct audio files [not available yet]."
-EPILOG = ""
+HELP = (
+    "Encode audio with a frozen representation (RAE) and decode it back; reports SI-SDR, "
+    "log-mel distance and multi-resolution STFT distance per file."
+)
+EPILOG = (
+    "Examples:\n\n"
+    "  audiotool reconstruct in.wav -o roundtrip.wav\n\n"
+    "  audiotool reconstruct clips/ -o rt/ --json > metrics.json\n\n"
+    "  audiotool reconstruct speech.flac -o rt.wav --latents latents.safetensors"
+)
 
 
 def reconstruct(
-    args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
+    inputs: InputsArg,
+    output: OutputOpt = None,
+    latents: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--latents", help="Also save the latents (one tensor per input)."),
+    ] = None,
+    filename: FilenameOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    chunk_seconds: ChunkSecondsOpt = None,
+    fmt: FormatOpt = None,
+    bit_depth: BitDepthOpt = BitDepthChoice.b24,
+    clip: ClipOpt = ClipChoice.rescale,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchSizeOpt = 4,
+    precision: PrecisionOpt = PrecisionChoice.fp32,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    fail_fast: FailFastOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    raise NotAvailableError("`audiotool reconstruct` is not available yet in this version")
+    from audiotool.cli._report import print_rows, print_summary, progress_bars, setup_logging
+    from audiotool.paths import expand_inputs
+    from audiotool.tasks.reconstruct import reconstruct_files
+
+    setup_logging(quiet=quiet)
+    out = output_options(
+        output=output,
+        filename=filename,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        fail_fast=fail_fast,
+        bit_depth=bit_depth,
+        clip=clip,
+        fmt=fmt,
+    )
+    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    expanded = expand_inputs(inputs, stdin=sys.stdin)
+    with progress_bars(quiet=quiet) as bars:
+        report = reconstruct_files(
+            expanded,
+            model=model,
+            revision=revision,
+            latents_path=latents,
+            chunk_seconds=chunk_seconds,
+            output=out,
+            runtime=rt,
+            progress=bars,
+        )
+    ok = [r for r in report.results if r.status == "ok"]
+    if ok and not as_json:
+        rows = [
+            [
+                r.input,
+                f"{r.details['si_sdr']:.2f}",
+                f"{r.details['log_mel']:.3f}",
+                f"{r.details['mrstft']:.3f}",
+            ]
+            for r in ok
+        ]
+        mean = report.extra.get("mean", {})
+        if len(ok) > 1 and mean:
+            rows.append(
+                ["mean", f"{mean['si_sdr']:.2f}", f"{mean['log_mel']:.3f}", f"{mean['mrstft']:.3f}"]
+            )
+        print_rows(["file", "SI-SDR dB", "log-mel dist", "MR-STFT dist"], rows)
+    print_summary(report, as_json=as_json, quiet=quiet)
+    raise typer.Exit(report.exit_code)

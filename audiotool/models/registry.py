@@ -55,33 +55,33 @@ class ModelFamily(Generic[C]):
 
 
 def _latent_diffusion() -> ModelFamily[Any]:
-    from audiotool.models import latent_diffusion
+    from audiotool.models.latent_diffusion import FAMILY
 
-    return latent_diffusion.FAMILY
+    return FAMILY
 
 
 def _bandsplit() -> ModelFamily[Any]:
-    from audiotool.models import separation
+    from audiotool.models.separation import FAMILY
 
-    return separation.FAMILY
+    return FAMILY
 
 
 def _hdemucs() -> ModelFamily[Any]:
-    from audiotool.models import hdemucs
+    from audiotool.models.hdemucs import FAMILY
 
-    return hdemucs.FAMILY
+    return FAMILY
 
 
 def _audio_branch() -> ModelFamily[Any]:
-    from audiotool.models import audio_branch
+    from audiotool.models.audio_branch import FAMILY
 
-    return audio_branch.FAMILY
+    return FAMILY
 
 
 def _rae() -> ModelFamily[Any]:
-    from audiotool.models import rae
+    from audiotool.models.rae import FAMILY
 
-    return rae.FAMILY
+    return FAMILY
 
 
 _LOADERS: dict[str, Callable[[], ModelFamily[Any]]] = {

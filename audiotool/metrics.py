@@ -1,0 +1,142 @@
+"""Quality metrics, following the conventions the field reports (``shared/reference/``
+``upsample_anchors.md`` section 4, ``separation_anchors.md`` section 5).
+
+All take ``(C, T)`` or ``(T,)`` tensors, accumulate in float64, and return Python floats
+(mean over channels). Higher is better for SDR-type metrics, lower for distances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from audiotool.errors import UsageError
+
+
+def _pair(ref: Tensor, est: Tensor) -> tuple[Tensor, Tensor]:
+    ref = ref.detach().double().cpu()
+    est = est.detach().double().cpu()
+    if ref.dim() == 1:
+        ref = ref[None]
+    if est.dim() == 1:
+        est = est[None]
+    n = min(ref.shape[-1], est.shape[-1])
+    if ref.shape[0] != est.shape[0]:
+        raise UsageError(f"channel counts differ: {ref.shape[0]} vs {est.shape[0]}")
+    return ref[..., :n], est[..., :n]
+
+
+def _log_power_spec(x: Tensor, n_fft: int, hop: int) -> Tensor:
+    win = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = torch.stft(x, n_fft, hop, window=win, center=True, return_complex=True)
+    return torch.log10(spec.abs().pow(2).clamp(min=1e-8))  # (C, F, N)
+
+
+def lsd(
+    ref: Tensor,
+    est: Tensor,
+    *,
+    sample_rate: int = 48000,
+    n_fft: int = 2048,
+    hop: int = 512,
+    input_rate: int | None = None,
+    band: str = "full",
+) -> float:
+    """Log-spectral distance (NU-Wave 2 / AERO convention).
+
+    ``mean_frames sqrt(mean_bins (log10 |S|^2 - log10 |Ŝ|^2)^2)``, STFT ``n_fft``/``hop`` Hann,
+    power clamped at 1e-8, averaged over channels. ``band``: ``"full"``, ``"hf"`` (bins at or
+    above ``int((n_fft/2+1) * input_rate / sample_rate)``, i.e. above the input's Nyquist) or
+    ``"lf"`` (the bins below).
+    """
+    r, e = _pair(ref, est)
+    sr, se = _log_power_spec(r, n_fft, hop), _log_power_spec(e, n_fft, hop)
+    bins = sr.shape[1]
+    if band != "full":
+        if input_rate is None:
+            raise UsageError("lsd band 'hf'/'lf' needs input_rate")
+        split = int(bins * input_rate / sample_rate)
+        sl = slice(split, bins) if band == "hf" else slice(0, split)
+        sr, se = sr[:, sl], se[:, sl]
+        if sr.shape[1] == 0:
+            return 0.0
+    per_frame = (sr - se).pow(2).mean(dim=1).sqrt()  # (C, N)
+    return float(per_frame.mean())
+
+
+def si_sdr(ref: Tensor, est: Tensor, eps: float = 1e-12) -> float:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019), zero-mean, per channel then averaged.
+
+    ``eps`` guards divisions; a silent reference gives -inf, a perfect estimate +inf (capped
+    at 200 dB so results stay finite).
+    """
+    r, e = _pair(ref, est)
+    r = r - r.mean(-1, keepdim=True)
+    e = e - e.mean(-1, keepdim=True)
+    alpha = (e * r).sum(-1, keepdim=True) / (r.pow(2).sum(-1, keepdim=True) + eps)
+    target = alpha * r
+    noise = e - target
+    ratio = target.pow(2).sum(-1) / (noise.pow(2).sum(-1) + eps)
+    vals = [min(200.0, 10 * math.log10(float(v))) if float(v) > 0 else float("-inf") for v in ratio]
+    return sum(vals) / len(vals)
+
+
+def usdr(ref: Tensor, est: Tensor, eps: float = 1e-7) -> float:
+    """ "Utterance"/whole-signal SDR (MDX'21, SDX'23; demucs' ``new_sdr``):
+    ``10 log10((sum s^2 + eps) / (sum (s - ŝ)^2 + eps))`` over the whole signal, channels
+    included (eps 1e-7 as demucs)."""
+    r, e = _pair(ref, est)
+    num = float(r.pow(2).sum()) + eps
+    den = float((r - e).pow(2).sum()) + eps
+    return 10 * math.log10(num / den)
+
+
+def csdr(ref: Tensor, est: Tensor, sample_rate: int) -> float:
+    """museval's BSS Eval v4 SDR: median over 1 s windows (needs ``pip install
+    'audiotool[eval]'``)."""
+    try:
+        import museval
+    except ImportError as exc:
+        raise UsageError("cSDR needs museval", hint="pip install 'audiotool[eval]'") from exc
+    import numpy as np
+
+    r, e = _pair(ref, est)
+    sdr, _, _, _ = museval.evaluate(
+        r.T[None].numpy(), e.T[None].numpy(), win=sample_rate, hop=sample_rate
+    )
+    return float(np.nanmedian(sdr))
+
+
+def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> float:
+    """Mean absolute difference of log10 mel power spectrograms (80 mels, n_fft 1024, hop 256,
+    floor 1e-5), averaged over channels — one scale of DAC's multi-scale mel distance."""
+    from audiotool.features import mel_basis
+
+    r, e = _pair(ref, est)
+    basis = mel_basis(sample_rate, 1024, 80, 0.0, sample_rate / 2).double()
+    win = torch.hann_window(1024, dtype=torch.float64)
+
+    def mel(x: Tensor) -> Tensor:
+        spec = torch.stft(x, 1024, 256, window=win, return_complex=True).abs().pow(2)
+        return torch.log10((basis @ spec).clamp(min=1e-5))
+
+    return float((mel(r) - mel(e)).abs().mean())
+
+
+def multi_resolution_stft_distance(
+    ref: Tensor, est: Tensor, fft_sizes: tuple[int, ...] = (512, 1024, 2048)
+) -> float:
+    """Spectral convergence + log-magnitude L1, averaged over FFT sizes (hop n/4, Hann), as
+    ParallelWaveGAN / auraloss define the multi-resolution STFT loss."""
+    r, e = _pair(ref, est)
+    total = 0.0
+    for n in fft_sizes:
+        win = torch.hann_window(n, dtype=torch.float64)
+        mr = torch.stft(r, n, n // 4, window=win, return_complex=True).abs()
+        me = torch.stft(e, n, n // 4, window=win, return_complex=True).abs()
+        sc = float(torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp(min=1e-12))
+        mag = float((torch.log(mr.clamp(min=1e-7)) - torch.log(me.clamp(min=1e-7))).abs().mean())
+        total += sc + mag
+    return total / len(fft_sizes)

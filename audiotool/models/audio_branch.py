@@ -1,0 +1,369 @@
+"""The audio branch (seed 002): log-mel -> subsampling -> Conformer -> segment pooling.
+
+Legend: ``B`` batch, ``T`` samples (16 kHz), ``M`` mel bins (80), ``N`` mel frames (100/s),
+``F`` encoder frames (N / 8 = 12.5/s), ``D`` model dim, ``S`` segments.
+
+Gulati et al. 2020 ("Conformer: Convolution-augmented Transformer for Speech Recognition") as
+``torchaudio.models.Conformer``, behind a FastConformer-style 8x convolutional subsampling
+(Rekesh et al. 2023). :class:`SegmentAttentionPooling` turns the frame sequence into ``S``
+temporal segment features and a pooled clip embedding.
+
+Long files: :meth:`AudioBranch.frame_model` maps audio chunks to frames so the overlap-add
+engine produces the whole file's frames; pooling then runs ONCE over all of them (no random
+crops). Each encoder frame covers 1280 samples, so chunk and hop lengths must be multiples of
+1280 samples (0.08 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from audiotool.errors import UsageError
+from audiotool.models._config import ModelConfig
+from audiotool.models.registry import ModelFamily
+
+PoolingType = Literal["attention", "max", "avg", "learnable"]
+
+
+class LogMel(nn.Module):
+    """Waveform ``(B, T)`` -> log-mel ``(B, N, M)`` with ``N = T // hop`` (Hann, center)."""
+
+    window: Tensor
+    basis: Tensor
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        win_length: int = 400,
+        hop: int = 160,
+        n_mels: int = 80,
+    ) -> None:
+        super().__init__()
+        from audiotool.features import mel_basis
+
+        self.n_fft, self.win_length, self.hop = n_fft, win_length, hop
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        self.register_buffer(
+            "basis", mel_basis(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2), persistent=False
+        )
+
+    def forward(self, wave: Tensor) -> Tensor:
+        n = wave.shape[-1] // self.hop
+        x = wave.float()
+        if x.shape[-1] <= self.n_fft // 2:  # reflect padding needs a few samples
+            x = F.pad(x, (0, self.n_fft // 2 + 1 - x.shape[-1]))
+        spec = (
+            torch.stft(
+                x, self.n_fft, self.hop, self.win_length, window=self.window, return_complex=True
+            )
+            .abs()
+            .pow(2)
+        )
+        mel = torch.matmul(self.basis, spec)[..., : max(n, 1)]
+        return torch.log(mel + 1e-6).transpose(1, 2)
+
+
+class Subsampling(nn.Module):
+    """Three stride-2 3x3 convs over (time, mel): ``(B, N, M)`` -> ``(B, ceil(N/8), D)``."""
+
+    def __init__(self, *, n_mels: int, channels: int, dim: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+        )
+        freq = n_mels
+        for _ in range(3):
+            freq = (freq - 1) // 2 + 1
+        self.out = nn.Linear(channels * freq, dim)
+
+    @staticmethod
+    def lengths(n: Tensor) -> Tensor:
+        for _ in range(3):
+            n = torch.div(n - 1, 2, rounding_mode="floor") + 1
+        return n
+
+    def forward(self, mel: Tensor) -> Tensor:
+        h = self.convs(mel[:, None])  # (B, C, F, M')
+        b, c, f, m = h.shape
+        return self.out(h.permute(0, 2, 1, 3).reshape(b, f, c * m))
+
+
+def _sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    pe = torch.zeros(n, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return pe
+
+
+class SegmentAttentionPooling(nn.Module):
+    """Pool ``(B, F, D)`` frames into ``S`` temporal segments ``(B, S, D)`` (seed 002).
+
+    The valid frames of each item are split into ``S`` equal consecutive segments (frame ``f`` of
+    ``L`` belongs to segment ``floor(f S / L)``); each segment is pooled by
+
+    - ``attention``: a learnable query per segment attends (multi-head) to its frames;
+    - ``max`` / ``avg``: max / mean over its frames;
+    - ``learnable``: softmax-weighted mean with weights from a learned per-frame score.
+
+    With ``temporal_encoding`` a sinusoidal encoding of the segment index is added to the
+    result. Segments of clips shorter than ``S`` frames reuse the nearest frame.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_segments: int = 8,
+        pooling: PoolingType = "attention",
+        num_heads: int = 4,
+        temporal_encoding: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("attention", "max", "avg", "learnable"):
+            raise UsageError(f"pooling must be one of attention/max/avg/learnable, got {pooling!r}")
+        self.dim, self.num_segments, self.pooling = dim, num_segments, pooling
+        self.temporal_encoding = temporal_encoding
+        if pooling == "attention":
+            self.queries = nn.Parameter(torch.randn(num_segments, dim) * dim**-0.5)
+            self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        elif pooling == "learnable":
+            self.score = nn.Sequential(nn.Linear(dim, dim // 2), nn.Tanh(), nn.Linear(dim // 2, 1))
+
+    def segment_ids(self, frames: int, lengths: Tensor) -> Tensor:
+        """``(B, F)`` segment index of every frame (-1 for padding)."""
+        f = torch.arange(frames, device=lengths.device)[None, :]
+        seg = torch.div(f * self.num_segments, lengths.clamp(min=1)[:, None], rounding_mode="floor")
+        return torch.where(f < lengths[:, None], seg, torch.full_like(seg, -1))
+
+    def forward(self, frames: Tensor, lengths: Tensor | None = None) -> Tensor:
+        b, n, d = frames.shape
+        if lengths is None:
+            lengths = torch.full((b,), n, device=frames.device, dtype=torch.long)
+        ids = self.segment_ids(n, lengths)  # (B, F)
+        s = self.num_segments
+        member = ids[:, None, :] == torch.arange(s, device=frames.device)[None, :, None]
+        # short clips: an empty segment takes the frame nearest to its centre
+        empty = ~member.any(-1)  # (B, S)
+        if bool(empty.any()):
+            centre = (torch.arange(s, device=frames.device)[None] + 0.5) * lengths[:, None] / s
+            nearest = centre.floor().long().clamp(max=n - 1)
+            fill = torch.zeros_like(member)
+            fill.scatter_(2, nearest[..., None], True)
+            member = torch.where(empty[..., None], fill, member)
+        if self.pooling == "avg":
+            w = member.float()
+            out = torch.einsum("bsf,bfd->bsd", w, frames) / w.sum(-1, keepdim=True)
+        elif self.pooling == "max":
+            masked = frames[:, None].masked_fill(~member[..., None], float("-inf"))
+            out = masked.max(dim=2).values
+        elif self.pooling == "learnable":
+            score = self.score(frames).squeeze(-1)[:, None, :].expand(b, s, n)
+            w = torch.softmax(score.masked_fill(~member, float("-inf")), dim=-1)
+            out = torch.einsum("bsf,bfd->bsd", w, frames)
+        else:
+            q = self.queries[None].expand(b, -1, -1)
+            mask = ~member  # True = not allowed
+            heads = self.attn.num_heads
+            out, _ = self.attn(
+                q,
+                frames,
+                frames,
+                attn_mask=mask.repeat_interleave(heads, dim=0),
+                need_weights=False,
+            )
+        if self.temporal_encoding:
+            out = out + _sinusoid(s, d, frames.device)[None]
+        return out
+
+
+class AudioBranch(nn.Module):
+    """Clip embedder: ``(B, T)`` 16 kHz audio -> segment features ``(B, S, D)`` + pooled
+    ``(B, D)``.
+
+    Args:
+        sample_rate, n_fft, win_length, hop, n_mels: the log-mel front-end.
+        subsampling_channels: conv channels of the 8x subsampling.
+        d_model / num_heads / ffn_dim / num_layers / conv_kernel: the Conformer.
+        num_segments / pooling / temporal_encoding: :class:`SegmentAttentionPooling`.
+        dropout: Conformer dropout.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        win_length: int = 400,
+        hop: int = 160,
+        n_mels: int = 80,
+        subsampling_channels: int = 256,
+        d_model: int = 512,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        num_layers: int = 4,
+        conv_kernel: int = 31,
+        num_segments: int = 8,
+        pooling: PoolingType = "attention",
+        temporal_encoding: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        from torchaudio.models import Conformer
+
+        self.hop = hop
+        self.mel = LogMel(
+            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop=hop, n_mels=n_mels
+        )
+        self.subsampling = Subsampling(n_mels=n_mels, channels=subsampling_channels, dim=d_model)
+        self.conformer = Conformer(
+            input_dim=d_model,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_layers=num_layers,
+            depthwise_conv_kernel_size=conv_kernel,
+            dropout=dropout,
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.pooling = SegmentAttentionPooling(
+            dim=d_model,
+            num_segments=num_segments,
+            pooling=pooling,
+            num_heads=num_heads,
+            temporal_encoding=temporal_encoding,
+        )
+        self.dim = d_model
+
+    @property
+    def frame_samples(self) -> int:
+        """Input samples per encoder frame (8 mel hops)."""
+        return 8 * self.hop
+
+    def encode_frames(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(B, T)`` (+ valid sample counts) -> frames ``(B, F, D)`` and frame counts ``(B,)``."""
+        mel = self.mel(wave)
+        b = wave.shape[0]
+        mel_len = (
+            torch.full((b,), mel.shape[1], device=wave.device)
+            if lengths is None
+            else torch.div(lengths, self.hop, rounding_mode="floor").clamp(min=1)
+        )
+        h = self.subsampling(mel)
+        frame_len = Subsampling.lengths(mel_len.long()).clamp(max=h.shape[1])
+        h, _ = self.conformer(h, frame_len)
+        return self.norm(h), frame_len
+
+    def pool(self, frames: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Frames ``(B, F, D)`` -> segments ``(B, S, D)`` and pooled ``(B, D)``."""
+        segments = self.pooling(frames, lengths)
+        return segments, segments.mean(dim=1)
+
+    def forward(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, T)`` -> ``(segments (B, S, D), pooled (B, D))``."""
+        frames, lengths = self.encode_frames(wave)
+        return self.pool(frames, lengths)
+
+    def frame_model(self, chunk: Tensor) -> Tensor:
+        """Engine adapter: audio chunks ``(N, 1, L)`` -> frames ``(N, D, L / 1280)``."""
+        frames, _ = self.encode_frames(chunk[:, 0])
+        return frames.transpose(1, 2)[..., : chunk.shape[-1] // self.frame_samples]
+
+
+def nt_xent(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent / InfoNCE between two views (Chen et al. 2020, SimCLR): ``a``, ``b`` ``(B, D)``;
+    the positive of item i is its other view, the other 2B - 2 embeddings are negatives."""
+    z = F.normalize(torch.cat([a, b]), dim=-1)
+    sim = z @ z.t() / temperature
+    n = a.shape[0]
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioBranchConfig(ModelConfig):
+    """Config of the ``audio_branch`` family."""
+
+    family: ClassVar[str] = "audio_branch"
+    task: ClassVar[str] = "embed"
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400
+    hop: int = 160
+    n_mels: int = 80
+    subsampling_channels: int = 256
+    d_model: int = 512
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    num_layers: int = 4
+    conv_kernel: int = 31
+    num_segments: int = 8
+    pooling: PoolingType = "attention"
+    temporal_encoding: bool = True
+    dropout: float = 0.1
+    chunk_seconds: float = 10.24
+    hop_seconds: float = 5.12
+
+
+def build_model(cfg: AudioBranchConfig) -> AudioBranch:
+    return AudioBranch(
+        sample_rate=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        win_length=cfg.win_length,
+        hop=cfg.hop,
+        n_mels=cfg.n_mels,
+        subsampling_channels=cfg.subsampling_channels,
+        d_model=cfg.d_model,
+        num_heads=cfg.num_heads,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        conv_kernel=cfg.conv_kernel,
+        num_segments=cfg.num_segments,
+        pooling=cfg.pooling,
+        temporal_encoding=cfg.temporal_encoding,
+        dropout=cfg.dropout,
+    )
+
+
+PRESETS = {
+    "light": lambda: AudioBranchConfig(num_layers=4),
+    "full": lambda: AudioBranchConfig(num_layers=17),
+    "small": lambda: AudioBranchConfig(
+        subsampling_channels=64, d_model=192, num_heads=4, ffn_dim=768, num_layers=4
+    ),
+    "tiny": lambda: AudioBranchConfig(
+        subsampling_channels=8,
+        d_model=32,
+        num_heads=2,
+        ffn_dim=64,
+        num_layers=1,
+        conv_kernel=7,
+        chunk_seconds=2.56,
+        hop_seconds=1.28,
+    ),
+}
+
+FAMILY: ModelFamily[AudioBranchConfig] = ModelFamily(
+    name="audio_branch",
+    task="embed",
+    config_cls=AudioBranchConfig,
+    build=build_model,
+    presets=PRESETS,
+)

@@ -1,0 +1,282 @@
+"""`embed`: segment and clip embeddings with the audio branch (seed 002).
+
+Per file: downmix to mono, resample to the model rate, frames of the WHOLE file through the
+overlap-add engine (chunks batched on the device, folded at the frame rate — never random
+crops), then one segment pooling over all frames. Outputs are deterministic (same file, same
+bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from audiotool.errors import UsageError
+from audiotool.paths import ExpandedInputs, OutputPlanner, atomic_output, check_existing
+from audiotool.progress import NullProgress, Progress
+from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
+from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+
+if TYPE_CHECKING:
+    from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npz", "npy", "jsonl")
+DEFAULT_DIR = Path("embeddings")
+
+
+@dataclasses.dataclass
+class Embedding:
+    """Embeddings of one file.
+
+    Attributes:
+        segments: ``(S, D)`` segment features.
+        pooled: ``(D,)`` clip embedding.
+        timestamps: ``(S, 2)`` start / end of each segment in seconds.
+        frames: ``(F, D)`` encoder frames (12.5 / s), timestamps ``(F + 0.5) * frame_seconds``.
+        frame_seconds: seconds per frame.
+    """
+
+    segments: np.ndarray
+    pooled: np.ndarray
+    timestamps: np.ndarray
+    frames: np.ndarray
+    frame_seconds: float
+
+
+def embed_tensor(
+    model: AudioBranch,
+    config: AudioBranchConfig,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    runtime: Runtime,
+    progress: Progress | None = None,
+) -> Embedding:
+    """Embed ``audio`` ``(C, T)`` at ``sample_rate`` (channels are averaged)."""
+    from audiotool.audio import resample
+    from audiotool.engine.overlap_add import OverlapAddProcessor
+
+    rate = config.sample_rate
+    x = resample(audio.float().mean(0, keepdim=True), sample_rate, rate, device=runtime.device)
+    step = model.frame_samples / rate
+    chunk = max(step, round(config.chunk_seconds / step) * step)
+    hop = max(step, min(chunk, round(config.hop_seconds / step) * step))
+    proc = OverlapAddProcessor(chunk, hop, rate)
+    with torch.inference_mode():
+        frames = proc.process(
+            model.frame_model,
+            x,
+            runtime.batch_size,
+            runtime.device,
+            dtype=runtime.dtype,
+            progress=chunk_progress(progress),
+        )["output"]
+        frames = frames.T[None]  # (1, F, D)
+        segments, pooled = model.pool(frames)
+    f = frames.shape[1]
+    s = segments.shape[1]
+    bounds = np.array([[i * f / s, (i + 1) * f / s] for i in range(s)]) * step
+    return Embedding(
+        segments=segments[0].float().cpu().numpy(),
+        pooled=pooled[0].float().cpu().numpy(),
+        timestamps=bounds.astype(np.float32),
+        frames=frames[0].float().cpu().numpy(),
+        frame_seconds=step,
+    )
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``np.savez`` into memory (its zip entries carry a fixed date: byte-identical runs)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _arrays(
+    emb: Embedding, *, model_id: str, sample_rate: int, pooled_only: bool
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {"pooled": emb.pooled}
+    if not pooled_only:
+        out["segments"] = emb.segments
+        out["timestamps"] = emb.timestamps
+    out["model"] = np.array(model_id)
+    out["sample_rate"] = np.array(sample_rate)
+    return out
+
+
+def _json_line(
+    path: str, emb: Embedding, *, model_id: str, sample_rate: int, pooled_only: bool
+) -> str:
+    item: dict[str, Any] = {
+        "file": path,
+        "model": model_id,
+        "sample_rate": sample_rate,
+        "pooled": [round(float(v), 6) for v in emb.pooled],
+    }
+    if not pooled_only:
+        item["segments"] = [[round(float(v), 6) for v in row] for row in emb.segments]
+        item["timestamps"] = [[round(float(v), 4) for v in row] for row in emb.timestamps]
+    return json.dumps(item)
+
+
+def write_combined(
+    target: Path,
+    fmt: str,
+    items: Sequence[tuple[str, Embedding]],
+    *,
+    model_id: str,
+    sample_rate: int,
+    pooled_only: bool,
+    protect: Sequence[Path],
+) -> None:
+    """One file for many inputs: npz (``files``, ``pooled`` (N, D), ``segments`` (N, S, D),
+    ``timestamps`` (N, S, 2)), npy (``pooled`` (N, D), or ``segments`` (N, S, D) unless
+    pooled-only; file order in the summary), or jsonl (one object per file)."""
+    with atomic_output(target, protect=protect) as tmp:
+        if fmt == "jsonl":
+            lines = [
+                _json_line(
+                    p, e, model_id=model_id, sample_rate=sample_rate, pooled_only=pooled_only
+                )
+                for p, e in items
+            ]
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        elif fmt == "npy":
+            arr = np.stack([e.pooled if pooled_only else e.segments for _, e in items])
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            tmp.write_bytes(buf.getvalue())
+        else:
+            arrays: dict[str, np.ndarray] = {
+                "files": np.array([p for p, _ in items]),
+                "pooled": np.stack([e.pooled for _, e in items]),
+            }
+            if not pooled_only:
+                arrays["segments"] = np.stack([e.segments for _, e in items])
+                arrays["timestamps"] = np.stack([e.timestamps for _, e in items])
+            arrays["model"] = np.array(model_id)
+            arrays["sample_rate"] = np.array(sample_rate)
+            tmp.write_bytes(_npz_bytes(arrays))
+
+
+def embed_files(
+    inputs: ExpandedInputs,
+    *,
+    model: str | None = None,
+    revision: str | None = None,
+    fmt: str = "npz",
+    pooled_only: bool = False,
+    output: OutputOptions = OutputOptions(),
+    runtime: RuntimeOptions = RuntimeOptions(),
+    progress: Progress | None = None,
+) -> BatchReport:
+    """Embed every input: one file per input in a folder, or one combined file (``-o x.npz``)."""
+    from audiotool.audio import read_audio
+    from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    progress = progress or NullProgress()
+    rt = Runtime.from_options(runtime)
+    loaded = load_task_model(model, "embed", revision=revision, runtime=rt)
+    net, cfg = loaded.model, loaded.config
+    if not isinstance(net, AudioBranch) or not isinstance(cfg, AudioBranchConfig):
+        raise UsageError(f"model {loaded.model_id} is not an audio-branch embedder")
+    combined = output.output is not None and output.output.suffix.lstrip(".") in FORMATS
+    if combined:
+        assert output.output is not None
+        fmt = output.output.suffix.lstrip(".")
+        if output.output.exists() and not output.overwrite:
+            from audiotool.errors import OutputExistsError
+
+            raise OutputExistsError(
+                f"{output.output} already exists", hint="pass --overwrite to replace it"
+            )
+    planner = OutputPlanner(
+        output=None if combined else output.output,
+        template=output.filename,
+        default_template="{stem}.{ext}",
+        default_dir=DEFAULT_DIR,
+        inputs=inputs.files,
+        single_output=False,
+    )
+    collected: list[tuple[str, Embedding]] = []
+
+    def one(path: Path) -> FileResult:
+        target = None if combined else planner.path_for(path, ext=fmt, task="embed")
+        if target is not None and check_existing(
+            [target], overwrite=output.overwrite, skip_existing=output.skip_existing
+        ):
+            return FileResult(input=str(path), status="skipped", outputs=[str(target)])
+        audio = read_audio(path)
+        emb = embed_tensor(
+            net, cfg, audio.samples, audio.sample_rate, runtime=rt, progress=progress
+        )
+        details = {
+            "segments": int(emb.segments.shape[0]),
+            "dim": int(emb.pooled.shape[0]),
+            "frames": int(emb.frames.shape[0]),
+            "duration": round(audio.duration, 3),
+        }
+        if combined:
+            collected.append((str(path), emb))
+            return FileResult(input=str(path), details=details)
+        assert target is not None
+        with atomic_output(target, protect=inputs.files) as tmp:
+            if fmt == "npz":
+                tmp.write_bytes(
+                    _npz_bytes(
+                        _arrays(
+                            emb,
+                            model_id=loaded.model_id,
+                            sample_rate=cfg.sample_rate,
+                            pooled_only=pooled_only,
+                        )
+                    )
+                )
+            elif fmt == "npy":
+                buf = io.BytesIO()
+                np.save(buf, emb.pooled if pooled_only else emb.segments)
+                tmp.write_bytes(buf.getvalue())
+            else:
+                tmp.write_text(
+                    _json_line(
+                        str(path),
+                        emb,
+                        model_id=loaded.model_id,
+                        sample_rate=cfg.sample_rate,
+                        pooled_only=pooled_only,
+                    )
+                    + "\n",
+                    encoding="utf-8",
+                )
+        return FileResult(input=str(path), outputs=[str(target)], details=details)
+
+    report = run_batch("embed", inputs, one, fail_fast=output.fail_fast, progress=progress)
+    if combined and collected:
+        assert output.output is not None
+        write_combined(
+            output.output,
+            fmt,
+            collected,
+            model_id=loaded.model_id,
+            sample_rate=cfg.sample_rate,
+            pooled_only=pooled_only,
+            protect=inputs.files,
+        )
+        for r in report.results:
+            if r.status == "ok":
+                r.outputs = [str(output.output)]
+    report.extra["model"] = loaded.model_id
+    return report
