@@ -175,7 +175,7 @@ class AudioRAE(nn.Module):
         n = wave.shape[-1] // self.frame_samples
         with torch.no_grad():
             if self.encoder_kind in ("wav2vec2", "hubert"):
-                w2v: Wav2Vec2Model = self.encoder  # type: ignore[assignment]
+                w2v: Wav2Vec2Model = self.encoder
                 feats, _ = w2v.extract_features(wave.float())
                 z = feats[self.layer]
             elif self.encoder_kind == "spectrogram_vit":
