@@ -14,7 +14,17 @@ from collections.abc import Callable
 import typer
 
 from audiotool import __version__
-from audiotool.cli import embed, info, models, reconstruct, separate, stubs, upsample
+from audiotool.cli import (
+    data,
+    embed,
+    evaluate,
+    info,
+    models,
+    reconstruct,
+    separate,
+    train,
+    upsample,
+)
 from audiotool.errors import AudiotoolError
 
 app = typer.Typer(
@@ -54,8 +64,10 @@ app.command("reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(
 )
 app.command("embed", help=embed.HELP, epilog=embed.EPILOG)(embed.embed)
 app.command("info", help=info.HELP, epilog=info.EPILOG)(info.info)
+app.command("train", help=train.HELP, epilog=train.EPILOG)(train.train)
 app.add_typer(models.app, name="models")
-stubs.register(app)
+app.add_typer(evaluate.app, name="eval")
+app.add_typer(data.app, name="data")
 
 
 # --------------------------------------------------------------------------- error boundary

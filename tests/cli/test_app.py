@@ -97,12 +97,6 @@ def test_models_download_offline(hf_cache: Path, capsys: pytest.CaptureFixture[s
     assert code == 1 and "org/missing" in err
 
 
-def test_pending_commands_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("eval", "data", "train"):
-        code, out, err = run_main([name, "--data", "x"], capsys)
-        assert code == 2 and out == "" and "not available yet" in err
-
-
 def _clean_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("AUDIOTOOL_DEBUG", None)

@@ -1,0 +1,207 @@
+"""`audiotool eval upsample | separate | reconstruct | embed`: scores beside baselines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from audiotool.cli._options import Device, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RevisionOpt
+
+app = typer.Typer(
+    help="Measure quality on real recordings, beside baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Folder of reference recordings.")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DDIM steps.")]  # noqa: UP045
+
+
+def _report(result: dict[str, Any], as_json: bool, per_file: bool) -> None:
+    from audiotool.cli._report import print_rows
+    from audiotool.evaluation import format_rows
+
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    header, rows = format_rows(result, per_file=per_file)
+    print_rows(header, rows)
+
+
+def _runtime(device: Device) -> Any:
+    from audiotool.tasks._batch import RuntimeOptions
+    from audiotool.tasks.common import Runtime
+
+    return Runtime.from_options(RuntimeOptions(device=device.value))
+
+
+@app.command(
+    "upsample",
+    epilog="Example:\n\n  audiotool eval upsample --data refs/ "
+    "--input-rate 16000 --json > eval.json",
+)
+def eval_upsample(
+    data: DataOpt,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    input_rate: Annotated[int, typer.Option("--input-rate", help="8000|12000|16000|24000")] = 16000,
+    steps: StepsOpt = None,
+    no_model: Annotated[
+        bool, typer.Option("--no-model", help="Only the input and baseline rows.")
+    ] = False,
+    per_file: Annotated[bool, typer.Option("--per-file/--mean-only")] = True,
+    device: DeviceOpt = Device.auto,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """LSD (full, HF, LF) and SI-SDR at 48 kHz of the model, the degraded input and SBR."""
+    from audiotool.cli._report import setup_logging
+    from audiotool.errors import UsageError
+    from audiotool.evaluation import evaluate_upsample
+
+    setup_logging(quiet=quiet)
+    if input_rate not in (8000, 12000, 16000, 24000):
+        raise UsageError(f"--input-rate must be 8000, 12000, 16000 or 24000, got {input_rate}")
+    systems = {}
+    if not no_model:
+        from audiotool.tasks.common import load_task_model
+        from audiotool.tasks.upsample import UpsampleOptions, upsample_tensor
+
+        rt = _runtime(device)
+        loaded: Any = load_task_model(model, "upsample", revision=revision, runtime=rt)
+        opts = UpsampleOptions(steps=steps, cutoff=0.95 * input_rate / 2)
+        systems["model"] = lambda x, sr: (
+            upsample_tensor(loaded.model, loaded.config, x, sr, options=opts, runtime=rt).audio
+        )
+    result = evaluate_upsample(data, systems=systems, input_rate=input_rate)
+    _report(result, as_json, per_file)
+
+
+@app.command("separate", epilog="Example:\n\n  audiotool eval separate --data songs/ --json")
+def eval_separate(
+    data: DataOpt,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    csdr: Annotated[bool, typer.Option("--csdr", help="Also museval cSDR (extra 'eval').")] = False,
+    no_model: Annotated[bool, typer.Option("--no-model")] = False,
+    per_file: Annotated[bool, typer.Option("--per-file/--mean-only")] = True,
+    device: DeviceOpt = Device.auto,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """SI-SDR and uSDR per stem of the model, the mixture, and the HPSS baseline."""
+    from audiotool.cli._report import setup_logging
+    from audiotool.evaluation import evaluate_separation
+
+    setup_logging(quiet=quiet)
+    systems = {}
+    if not no_model:
+        from audiotool.tasks.common import load_task_model
+        from audiotool.tasks.separate import SeparateOptions, separate_tensor
+
+        rt = _runtime(device)
+        loaded = load_task_model(model, "separate", revision=revision, runtime=rt)
+        systems["model"] = lambda x, sr: separate_tensor(
+            loaded.model, loaded.config, x, sr, options=SeparateOptions(), runtime=rt
+        )
+    result = evaluate_separation(data, systems=systems, with_csdr=csdr)
+    _report(result, as_json, per_file)
+
+
+@app.command("reconstruct")
+def eval_reconstruct(
+    data: DataOpt,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    per_file: Annotated[bool, typer.Option("--per-file/--mean-only")] = True,
+    device: DeviceOpt = Device.auto,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Round trips of the model vs Griffin-Lim from the true mel (the no-learning baseline)."""
+    from audiotool.cli._report import setup_logging
+    from audiotool.evaluation import evaluate_reconstruct
+    from audiotool.tasks.common import load_task_model
+    from audiotool.tasks.reconstruct import reconstruct_tensor
+
+    setup_logging(quiet=quiet)
+    rt = _runtime(device)
+    loaded: Any = load_task_model(model, "reconstruct", revision=revision, runtime=rt)
+    net = loaded.model
+
+    def griffin_lim(x: Any, sr: int) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return net.vocode(net.mel(x))
+
+    systems = {
+        "model": lambda x, sr: (
+            reconstruct_tensor(
+                net,
+                loaded.config,
+                x,
+                sr,
+                runtime=rt,
+            ).audio
+        ),
+        "baseline": griffin_lim,
+    }
+    _report(evaluate_reconstruct(data, systems=systems), as_json, per_file)
+
+
+@app.command("embed")
+def eval_embed(
+    data: DataOpt,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    untrained: Annotated[
+        bool,
+        typer.Option("--untrained/--no-untrained", help="Also the same architecture, untrained."),
+    ] = True,
+    device: DeviceOpt = Device.auto,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """1-NN / 5-NN and linear-probe accuracy on DATA/<label>/* clips."""
+    import numpy as np
+    import torch
+
+    from audiotool.audio import read_audio
+    from audiotool.cli._report import setup_logging
+    from audiotool.evaluation import evaluate_embeddings
+    from audiotool.hub import build_model
+    from audiotool.tasks.common import load_task_model
+    from audiotool.tasks.embed import embed_tensor
+
+    setup_logging(quiet=quiet)
+    rt = _runtime(device)
+    loaded: Any = load_task_model(model, "embed", revision=revision, runtime=rt)
+
+    def make(net: Any) -> Any:
+        def fn(files: list[Path]) -> np.ndarray:
+            out = []
+            for f in files:
+                a = read_audio(f)
+                out.append(
+                    embed_tensor(
+                        net,
+                        loaded.config,
+                        a.samples,
+                        a.sample_rate,
+                        runtime=rt,
+                    ).pooled
+                )
+            return np.stack(out)
+
+        return fn
+
+    systems = {"model": make(loaded.model)}
+    if untrained:
+        torch.manual_seed(0)
+        systems["untrained"] = make(build_model(loaded.config).to(rt.device).eval())
+    _report(evaluate_embeddings(data, systems=systems), as_json, False)

@@ -1,0 +1,1 @@
+"""Real-audio dataset builder (sources from Debian packages)."""

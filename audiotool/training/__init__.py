@@ -1,0 +1,1 @@
+"""Training: recipes, the loop, task adapters, data-parallel helpers."""

@@ -1,0 +1,352 @@
+"""Per-task training glue: batches from real data, the loss, a validation metric.
+
+Data layout (what ``audiotool data build`` writes): ``DATA/train/...`` and ``DATA/val/...``.
+Every batch is a deterministic function of its generator (seeded from seed, step, rank).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from audiotool.training.clips import ClipIndex, SongIndex
+from audiotool.training.recipe import Recipe
+
+
+def _card_data(data_dir: Path) -> str:
+    manifest = data_dir / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        info = json.loads(manifest.read_text())
+        n = {s: sum(1 for f in info["files"] if f["split"] == s) for s in ("train", "val")}
+        hours = sum(f["duration"] for f in info["files"] if f["split"] == "train") / 3600
+        return (
+            f"`audiotool data build {info['kind']}` (seed {info['seed']}): {n['train']} "
+            f"train / {n['val']} val files, {hours:.2f} h train; split by "
+            f"{info['split_unit']}"
+        )
+    return str(data_dir)
+
+
+class UpsampleAdapter:
+    """Degrade real 48 kHz clips to a random input rate; v-prediction loss.
+
+    ``data.extra``: ``input_rates`` (default 8/12/16/24 kHz), ``context_seconds`` (the
+    window the global encoder sees, default 8 s), ``filters`` (low-pass kinds applied before
+    the resampling, chosen at random per item: robustness to how the input was made).
+    """
+
+    name = "upsample"
+    higher_is_better = False
+
+    def __init__(self, recipe: Recipe, data_dir: Path, cond_drop_prob: float) -> None:
+        self.recipe, self.data_dir = recipe, Path(data_dir)
+        self.train_set = ClipIndex(self.data_dir / recipe.data.train)
+        self.val_set = ClipIndex(self.data_dir / recipe.data.val)
+        extra = recipe.data.extra
+        self.rates = [int(r) for r in extra.get("input_rates", [8000, 12000, 16000, 24000])]
+        self.context_seconds = float(extra.get("context_seconds", 8.0))
+        self.filters = list(extra.get("filters", ["none", "cheby1", "butter"]))
+        self.cond_drop_prob = cond_drop_prob
+
+    def prepare(self, model: Any) -> None:
+        return None
+
+    def _item(
+        self,
+        model: Any,
+        gen: torch.Generator,
+        clip: int,
+        idx: ClipIndex,
+        rate_choice: int | None = None,
+    ) -> dict[str, Tensor]:
+        from audiotool.dsp import degrade, lowpass
+
+        sr = 48000
+        ctx_len = max(clip, int(self.context_seconds * sr))
+        window, _ = idx.random_crop(gen, ctx_len, sr)
+        off = int(torch.randint(ctx_len - clip + 1, (1,), generator=gen))
+        in_rate = (
+            self.rates[int(torch.randint(len(self.rates), (1,), generator=gen))]
+            if rate_choice is None
+            else rate_choice
+        )
+        kind = self.filters[int(torch.randint(len(self.filters), (1,), generator=gen))]
+        low = window if kind == "none" else lowpass(window, sr, 0.97 * in_rate / 2, kind=kind)
+        degraded = degrade(low, sr, in_rate)
+        cond = lowpass(degraded, sr, 0.95 * in_rate / 2)
+        mel = model.mel
+        target_mel = mel(window[:, off : off + clip])
+        cond_mel_full = mel(cond)
+        f0 = off // 480
+        n = clip // 480
+        return {
+            "target_mel": target_mel[0, :n],
+            "cond_mel": cond_mel_full[0, f0 : f0 + n],
+            "context_mel": cond_mel_full[0],
+        }
+
+    def _clip_samples(self, model: Any) -> int:
+        frames = int(self.recipe.data.clip_seconds * 100)
+        mult = model.frame_multiple
+        return max(mult, frames // mult * mult) * 480
+
+    def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
+        return ("train", generator.initial_seed(), batch_size)
+
+    def _materialise(self, model: Any, spec: Any) -> dict[str, Tensor]:
+        split, seed, bs = spec
+        gen = torch.Generator().manual_seed(int(seed))
+        clip = self._clip_samples(model)
+        idx = self.train_set if split == "train" else self.val_set
+        items = [self._item(model, gen, clip, idx) for _ in range(bs)]
+        dev = next(model.parameters()).device
+        return {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0]}
+
+    def loss(
+        self, model: Any, batch: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        from audiotool.models.latent_diffusion import diffusion_loss
+
+        with torch.no_grad():
+            data = self._materialise(model, batch)
+        loss = diffusion_loss(
+            model,
+            data,
+            cond_drop_prob=self.cond_drop_prob,
+            generator=generator,
+        )
+        return loss, {}
+
+    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        from audiotool.models.latent_diffusion import diffusion_loss
+
+        total = 0.0
+        for i in range(max_batches):
+            data = self._materialise(model, ("val", 10_000 + i, 4))
+            total += float(
+                diffusion_loss(
+                    model,
+                    data,
+                    cond_drop_prob=0.0,
+                    generator=torch.Generator().manual_seed(i),
+                )
+            )
+        return {"loss": total / max_batches}
+
+    def card_facts(self) -> dict[str, Any]:
+        return {"data": _card_data(self.data_dir)}
+
+
+class SeparateAdapter:
+    """Random crops of rendered songs, stem gains and remixing across songs; L1 + MR-STFT."""
+
+    name = "separate"
+    higher_is_better = True
+
+    def __init__(self, recipe: Recipe, data_dir: Path, stems: tuple[str, ...]) -> None:
+        self.recipe, self.data_dir, self.stems = recipe, Path(data_dir), stems
+        self.train_set = SongIndex(self.data_dir / recipe.data.train, stems)
+        self.val_set = SongIndex(self.data_dir / recipe.data.val, stems)
+        self.remix = float(recipe.data.extra.get("remix_prob", 0.5))
+
+    def prepare(self, model: Any) -> None:
+        return None
+
+    def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
+        length = int(self.recipe.data.clip_seconds * self.train_set.rate)
+        mixes: list[Tensor] = []
+        refs: dict[str, list[Tensor]] = {s: [] for s in self.stems}
+        n = len(self.train_set.songs)
+        for _ in range(batch_size):
+            base = int(torch.randint(n, (1,), generator=generator))
+            stems = {}
+            for s in self.stems:
+                song = (
+                    int(torch.randint(n, (1,), generator=generator))
+                    if float(torch.rand(1, generator=generator)) < self.remix
+                    else base
+                )
+                start = int(
+                    torch.randint(
+                        max(1, self.train_set.frames[song] - length), (1,), generator=generator
+                    )
+                )
+                gain = float(torch.empty(1).uniform_(0.5, 1.25, generator=generator))
+                stems[s] = self.train_set.crop(song, s, start, length) * gain
+            for s in self.stems:
+                refs[s].append(stems[s])
+            mixes.append(torch.stack(list(stems.values())).sum(0))
+        return torch.stack(mixes), {s: torch.stack(v) for s, v in refs.items()}
+
+    def loss(
+        self, model: Any, batch: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        from audiotool.models.separation import separation_loss
+
+        mix, refs = batch
+        dev = next(model.parameters()).device
+        est = model(mix.to(dev))
+        return separation_loss(est, {k: v.to(dev) for k, v in refs.items()}), {}
+
+    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        from audiotool.metrics import si_sdr
+
+        length = int(min(6.0, self.recipe.data.clip_seconds * 2) * self.val_set.rate)
+        scores: dict[str, list[float]] = {s: [] for s in self.stems}
+        dev = next(model.parameters()).device
+        for song in range(min(len(self.val_set.songs), max_batches)):
+            start = max(0, (self.val_set.frames[song] - length) // 2)
+            mix = self.val_set.crop(song, "mixture", start, length)
+            est = model(mix[None].to(dev))
+            for s in self.stems:
+                ref = self.val_set.crop(song, s, start, length)
+                if float(ref.abs().max()) > 1e-4:
+                    scores[s].append(si_sdr(ref, est[s][0]))
+        per = {s: sum(v) / len(v) for s, v in scores.items() if v}
+        return {
+            "si_sdr": sum(per.values()) / max(1, len(per)),
+            **{f"si_sdr_{k}": v for k, v in per.items()},
+        }
+
+    def card_facts(self) -> dict[str, Any]:
+        return {"data": _card_data(self.data_dir)}
+
+
+class EmbedAdapter:
+    """SimCLR on real clips: two augmented crops of one clip are positives (NT-Xent);
+    validation = leave-one-out 1-NN accuracy on the labelled val folder."""
+
+    name = "embed"
+    higher_is_better = True
+
+    def __init__(self, recipe: Recipe, data_dir: Path) -> None:
+        self.recipe, self.data_dir = recipe, Path(data_dir)
+        self.train_set = ClipIndex(self.data_dir / recipe.data.train)
+        self.val_set = ClipIndex(self.data_dir / recipe.data.val)
+        self.temperature = float(recipe.data.extra.get("temperature", 0.1))
+
+    def prepare(self, model: Any) -> None:
+        return None
+
+    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        gain = float(torch.empty(1).uniform_(0.3, 1.0, generator=gen))
+        noise = float(torch.empty(1).uniform_(0.0, 0.02, generator=gen))
+        return x * gain + noise * torch.randn(x.shape, generator=gen)
+
+    def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
+        length = int(self.recipe.data.clip_seconds * 16000)
+        a, b = [], []
+        for _ in range(batch_size):
+            x, item = self.train_set.random_crop(generator, length, 16000)
+            y, _ = self.train_set.random_crop(generator, length, 16000, item=item)
+            a.append(self._augment(x[0], generator))
+            b.append(self._augment(y[0], generator))
+        return torch.stack(a), torch.stack(b)
+
+    def loss(
+        self, model: Any, batch: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        from audiotool.models.audio_branch import nt_xent
+
+        a, b = batch
+        dev = next(model.parameters()).device
+        _, za = model(a.to(dev))
+        _, zb = model(b.to(dev))
+        return nt_xent(za, zb, self.temperature), {}
+
+    def embed_all(self, model: Any, index: ClipIndex) -> tuple[Tensor, list[str]]:
+        length = int(self.recipe.data.clip_seconds * 16000)
+        dev = next(model.parameters()).device
+        vecs = []
+        for item in index.files:
+            x = index.read(item, 0, length, 16000)
+            vecs.append(model(x.to(dev))[1][0].cpu())
+        return torch.stack(vecs), [f.label for f in index.files]
+
+    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        from audiotool.evaluation import knn_accuracy
+
+        vecs, labels = self.embed_all(model, self.val_set)
+        return {"knn": knn_accuracy(vecs.numpy(), labels, k=1)}
+
+    def card_facts(self) -> dict[str, Any]:
+        return {"data": _card_data(self.data_dir)}
+
+
+class ReconstructAdapter:
+    """Decoder training on real clips (the encoder stays frozen); mel L1."""
+
+    name = "reconstruct"
+    higher_is_better = False
+
+    def __init__(self, recipe: Recipe, data_dir: Path) -> None:
+        self.recipe, self.data_dir = recipe, Path(data_dir)
+        self.train_set = ClipIndex(self.data_dir / recipe.data.train)
+        self.val_set = ClipIndex(self.data_dir / recipe.data.val)
+
+    def _length(self, model: Any) -> int:
+        fs = int(model.frame_samples)
+        return max(fs, int(self.recipe.data.clip_seconds * 16000) // fs * fs)
+
+    def prepare(self, model: Any) -> None:
+        """Latent normalisation statistics from 32 training crops."""
+        from audiotool.models.rae import compute_latent_stats
+
+        gen = torch.Generator().manual_seed(1234)
+        length = self._length(model)
+        x = torch.cat([self.train_set.random_crop(gen, length, 16000)[0] for _ in range(32)])
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            z = model.encode_raw(x.to(dev))
+        model.set_latent_stats(*compute_latent_stats(z))
+
+    def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
+        return ("train", generator.initial_seed(), batch_size)
+
+    def _batch(self, model: Any, spec: Any) -> Tensor:
+        split, seed, bs = spec
+        gen = torch.Generator().manual_seed(int(seed))
+        idx = self.train_set if split == "train" else self.val_set
+        length = self._length(model)
+        x = torch.cat([idx.random_crop(gen, length, 16000)[0] for _ in range(bs)])
+        return x.to(next(model.parameters()).device)
+
+    def loss(
+        self, model: Any, batch: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        from audiotool.models.rae import rae_loss
+
+        return rae_loss(model, self._batch(model, batch)), {}
+
+    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        from audiotool.models.rae import rae_loss
+
+        vals = [
+            float(rae_loss(model, self._batch(model, ("val", 5000 + i, 4))))
+            for i in range(max_batches)
+        ]
+        return {"mel_l1": sum(vals) / len(vals)}
+
+    def card_facts(self) -> dict[str, Any]:
+        return {"data": _card_data(self.data_dir)}
+
+
+def make_adapter(recipe: Recipe, data_dir: Path) -> Any:
+    """The adapter for ``recipe.task``."""
+    cfg = recipe.model_config()
+    if recipe.task == "upsample":
+        return UpsampleAdapter(recipe, data_dir, float(getattr(cfg, "cond_drop_prob", 0.1)))
+    if recipe.task == "separate":
+        return SeparateAdapter(recipe, data_dir, tuple(getattr(cfg, "stems")))  # noqa: B009
+    if recipe.task == "embed":
+        return EmbedAdapter(recipe, data_dir)
+    if recipe.task == "reconstruct":
+        return ReconstructAdapter(recipe, data_dir)
+    from audiotool.errors import UsageError
+
+    raise UsageError(f"unknown task {recipe.task!r}")
