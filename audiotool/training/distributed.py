@@ -57,16 +57,37 @@ def average_gradients(params: list[nn.Parameter]) -> None:
     if not dist.is_initialized():
         return
     n = float(dist.get_world_size())
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    # a parameter may get no gradient on some ranks (a branch not taken): reduce zeros for it
+    # there, so every rank all-reduces the same layout, and give it the average wherever any
+    # rank had one (as DDP does)
+    flat = torch.cat(
+        [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+            for p in params
+        ]
+        + [torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)]
+    )
     dist.all_reduce(flat)
-    flat /= n
+    flat[: flat.numel() - len(params)] /= n
+    present = (flat[flat.numel() - len(params) :] > 0).tolist()
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for i, p in enumerate(params):
+        chunk = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if p.grad is not None:
+            p.grad.copy_(chunk)
+        elif present[i]:
+            p.grad = chunk.clone()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (e.g. a time limit, which ranks
+    could otherwise see at different steps and then wait on each other forever)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def barrier() -> None:

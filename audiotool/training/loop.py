@@ -91,7 +91,9 @@ class EMA:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, Tensor], updates: int) -> None:
-        self.shadow = {k: v.clone().float() for k, v in state.items()}
+        """Restore the shadow (moved to the device of the current shadow) and update count."""
+        dev = {k: v.device for k, v in self.shadow.items()}
+        self.shadow = {k: v.to(dev.get(k, v.device)).clone().float() for k, v in state.items()}
         self.updates = updates
 
     @contextlib.contextmanager
@@ -125,8 +127,12 @@ def _lr_factor(step: int, recipe: Recipe) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return ((seed * 1_000_003 + step) * 1009 + rank) % (2**63)
+
+
 def _batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+    return torch.Generator().manual_seed(_step_seed(seed, step, rank))
 
 
 def _atomic_save_file(tensors: dict[str, Tensor], path: Path) -> None:
@@ -206,17 +212,20 @@ def train(
             ema = EMA(model, t.ema_decay)
     if resuming:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(str(ckpt_dir / "last.safetensors"), device=str(device)))
+        model.load_state_dict(load_file(str(ckpt_dir / state["model_file"]), device=str(device)))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        if ema is not None and (ckpt_dir / "last_ema.safetensors").is_file():
+        if ema is not None and state["ema_file"]:
             ema.load_state_dict(
-                load_file(str(ckpt_dir / "last_ema.safetensors")), int(state["ema_updates"])
+                load_file(str(ckpt_dir / state["ema_file"]), device=str(device)),
+                int(state["ema_updates"]),
             )
         start, best, wall_before = int(state["step"]), state.get("best"), float(state["wall"])
         log.info("resumed at step %d", start)
     dist_utils.broadcast_parameters(model)
+    if is_main:
+        _trim_log(out_dir / "train_log.jsonl", start)
     total = t.steps if max_steps is None else min(t.steps, max_steps)
     log_file = out_dir / "train_log.jsonl"
     t0 = time.time()
@@ -226,14 +235,19 @@ def train(
         progress.update("steps", start)
 
     def checkpoint(step: int) -> None:
+        """Weights go to step-named files first; ``train_state.pt`` (written atomically, last)
+        names them, so a run killed at any point resumes from a consistent set."""
         if not is_main:
             return
-        _atomic_save_file(model.state_dict(), ckpt_dir / "last.safetensors")
+        model_file, ema_file = f"model-{step:08d}.safetensors", f"ema-{step:08d}.safetensors"
+        _atomic_save_file(model.state_dict(), ckpt_dir / model_file)
         if ema is not None:
-            _atomic_save_file(ema.state_dict(), ckpt_dir / "last_ema.safetensors")
+            _atomic_save_file(ema.state_dict(), ckpt_dir / ema_file)
         _atomic_torch_save(
             {
                 "step": step,
+                "model_file": model_file,
+                "ema_file": ema_file if ema is not None else "",
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -243,15 +257,22 @@ def train(
             },
             state_path,
         )
+        keep = {model_file, ema_file}
+        for old in [*ckpt_dir.glob("model-*.safetensors"), *ckpt_dir.glob("ema-*.safetensors")]:
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
 
     step = start
     stopped_early = False
     while step < total:
-        if time_limit_s is not None and time.time() - t0 > time_limit_s:
+        if time_limit_s is not None and dist_utils.any_rank(time.time() - t0 > time_limit_s):
             stopped_early = True
             break
         model.train()
         gen = _batch_generator(t.seed, step, rank)
+        # the global RNGs (nn.Dropout, torch.rand without a generator) are step-indexed too,
+        # so a resumed run repeats the uninterrupted run's random draws exactly
+        torch.manual_seed(_step_seed(t.seed, step, rank) ^ 0x5EED)
         batch = adapter.train_batch(step, rank, t.batch_size, gen)
         ctx = (
             torch.autocast(device_type=device.type, dtype=amp_dtype)
@@ -264,7 +285,9 @@ def train(
         scaler.scale(loss).backward()
         dist_utils.average_gradients(trainable)
         scaler.unscale_(opt)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip))
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip if t.grad_clip > 0 else math.inf)
+        )
         scaler.step(opt)
         scaler.update()
         sched.step()
@@ -329,6 +352,18 @@ def train(
     elif stopped_early:
         log.warning("stopped at step %d of %d (time limit); rerun to resume", step, t.steps)
     return TrainResult(out_dir, step, wall, last_val, best)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep only the records up to ``step`` (0: start a new log)."""
+    if not path.is_file():
+        return
+    keep = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and step > 0 and json.loads(line).get("step", 0) <= step
+    ]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def _validate(

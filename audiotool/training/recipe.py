@@ -12,6 +12,7 @@ config's strict ``from_dict``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,7 +84,31 @@ class Recipe:
         return d
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+_INF = float("inf")
+_RANGES: dict[type, dict[str, tuple[float, float]]] = {
+    TrainSection: {
+        "steps": (1, _INF),
+        "batch_size": (1, _INF),
+        "lr": (1e-12, _INF),
+        "weight_decay": (0, _INF),
+        "betas": (0, 1),
+        "warmup_steps": (0, _INF),
+        "grad_clip": (0, _INF),
+        "ema_decay": (0, 1),
+        "ema_start": (0, _INF),
+        "val_every": (1, _INF),
+        "val_batches": (1, _INF),
+        "ckpt_every": (1, _INF),
+        "log_every": (1, _INF),
+    },
+    DataSection: {"clip_seconds": (1e-3, _INF)},
+}
+
+
 def _section(cls: type, data: Any, where: str) -> Any:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -108,10 +133,27 @@ def _section(cls: type, data: Any, where: str) -> Any:
                 if isinstance(default, float) or float(value) == int(value)
                 else value
             )
+        if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+            raise ConfigError(f"{where}.{f.name}: expected a whole number, got {value!r}")
         if isinstance(default, tuple):
+            if not isinstance(value, list | tuple) or len(value) != len(default):
+                raise ConfigError(
+                    f"{where}.{f.name}: expected {len(default)} numbers, got {value!r}"
+                )
             value = tuple(value)
+        if isinstance(default, dict) and not isinstance(value, dict):
+            raise ConfigError(f"{where}.{f.name}: expected a mapping, got {value!r}")
+        choices = typing.get_args(_HINTS[cls][f.name])
+        if typing.get_origin(_HINTS[cls][f.name]) is Literal and value not in choices:
+            raise ConfigError(f"{where}.{f.name}: must be one of {set(choices)}, got {value!r}")
         kwargs[f.name] = value
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    for name, (low, high) in _RANGES.get(cls, {}).items():
+        v = getattr(section, name)
+        values = v if isinstance(v, tuple) else (v,)
+        if not all(low <= x < high for x in values):
+            raise ConfigError(f"{where}.{name}: must be in [{low}, {high}), got {v!r}")
+    return section
 
 
 def recipe_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Recipe:
@@ -130,11 +172,12 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Recipe:
     extra = sorted(set(model) - {"family", "preset", "overrides"})
     if extra:
         raise ConfigError(f"{source}: model: unknown key(s) {extra}")
+    overrides = model.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: model.overrides must be a mapping, got {overrides!r}")
     recipe = Recipe(
         task=str(data.get("task", "")),
-        model=ModelSection(
-            str(model["family"]), str(model["preset"]), dict(model.get("overrides") or {})
-        ),
+        model=ModelSection(str(model["family"]), str(model["preset"]), dict(overrides)),
         data=_section(DataSection, data.get("data"), f"{source}: data"),
         train=_section(TrainSection, data.get("train"), f"{source}: train"),
         source=source,

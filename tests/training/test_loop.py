@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -152,3 +153,73 @@ def test_two_process_data_parallel_on_gloo(tmp_path: Path) -> None:
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     sums = [float((out / f"rank{r}.sum").read_text()) for r in (0, 1)]
     assert sums[0] == sums[1]  # both ranks end with identical weights
+
+
+class _DropoutAdapter(ToyAdapter):
+    """The toy task with dropout drawn from the global RNG, as nn.Dropout inside a model is."""
+
+    def loss(
+        self, model: torch.nn.Module, batch: Any, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        h = torch.nn.functional.dropout(model(x), 0.3, training=True)
+        return ((h - y) ** 2).mean(), {}
+
+
+def test_resume_is_exact_with_global_rng_dropout(tmp_path: Path, test_family: object) -> None:
+    recipe = toy_recipe(steps=20, val_every=10, ckpt_every=5, log_every=5)
+    kw: dict[str, Any] = {"build": build_model, "device": CPU}
+    train(recipe, _DropoutAdapter(), out_dir=tmp_path / "full", **kw)
+    train(recipe, _DropoutAdapter(), out_dir=tmp_path / "split", max_steps=7, **kw)
+    train(recipe, _DropoutAdapter(), out_dir=tmp_path / "split", **kw)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert steps == [5, 7, 10, 15, 20]  # 7: the stop; nothing repeated by the resume
+    ckpts = sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("*-*.safetensors"))
+    assert ckpts == ["ema-00000020.safetensors", "model-00000020.safetensors"]
+
+
+def test_grad_clip_zero_means_no_clipping(tmp_path: Path, test_family: object) -> None:
+    result = train(
+        toy_recipe(grad_clip=0.0),
+        ToyAdapter(),
+        build=build_model,
+        out_dir=tmp_path / "m",
+        device=CPU,
+    )
+    first = json.loads((tmp_path / "m" / "train_log.jsonl").read_text().splitlines()[0])
+    assert result.final_metrics["mse"] < 0.5 * first["loss"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("amp", "fp32", "one of"),
+        ("lr_schedule", "linear", "one of"),
+        ("steps", 2.5, "whole number"),
+        ("steps", 0, "steps"),
+        ("val_every", 0, "val_every"),
+        ("betas", [0.9], "2 numbers"),
+        ("ema_decay", 1.5, "ema_decay"),
+    ],
+)
+def test_recipe_values_are_checked(
+    test_family: object, key: str, value: object, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        toy_recipe(**{key: value})
+
+
+def test_recipe_overrides_must_be_a_mapping(test_family: object) -> None:
+    with pytest.raises(ConfigError, match="overrides"):
+        recipe_from_dict(
+            {
+                "task": "upsample",
+                "model": {"family": "test_scale", "preset": "tiny", "overrides": [1]},
+            }
+        )
