@@ -96,6 +96,36 @@ def embed_tensor(
     )
 
 
+def embed_batch(
+    model: AudioBranch,
+    config: AudioBranchConfig,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    runtime: Runtime,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed ``n`` equally long mono clips ``(n, T)`` in mini-batches of ``runtime.batch_size``.
+
+    Clips longer than one chunk go through :func:`embed_tensor` one by one (overlap-add); short
+    clips are batched directly (their frames fit one forward). Returns pooled ``(n, D)`` and
+    segments ``(n, S, D)``.
+    """
+    from audiotool.audio import resample
+
+    rate = config.sample_rate
+    x = resample(audio.float(), sample_rate, rate, device=runtime.device)
+    if x.shape[-1] > config.chunk_seconds * rate:
+        outs = [embed_tensor(model, config, a[None], rate, runtime=runtime) for a in x]
+        return np.stack([o.pooled for o in outs]), np.stack([o.segments for o in outs])
+    pooled, segments = [], []
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], runtime.batch_size):
+            seg, pool = model(x[i : i + runtime.batch_size])
+            pooled.append(pool.float().cpu().numpy())
+            segments.append(seg.float().cpu().numpy())
+    return np.concatenate(pooled), np.concatenate(segments)
+
+
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """``np.savez`` into memory (its zip entries carry a fixed date: byte-identical runs)."""
     buf = io.BytesIO()

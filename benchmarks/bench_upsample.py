@@ -1,0 +1,195 @@
+"""Upsampling speed and memory: audiotool's chunked sampler vs the reference scheme.
+
+Both use the SAME model (random weights, seeded) and DDIM; they differ only in scheduling:
+
+- ``audiotool``: all chunks of all channels batched, classifier-free guidance as ONE batched
+  forward (conditional + unconditional), optional bf16 autocast
+  (:func:`audiotool.engine.diffusion.sample_chunked`).
+- ``reference``: AudioSR's scheme — one chunk at a time, two separate UNet passes per step for
+  guidance, fp32.
+
+Timed: global context + condition encoding + DDIM sampling (decoding and vocoding are the
+same for both schemes and are not included). Rows report seconds per second of audio (lower is
+better) and peak memory. For the full AudioSR
+preset on a CPU only a few steps on a short clip are run; the 50-step figure is extrapolated
+linearly in the step count and labelled so.
+
+    python benchmarks/bench_upsample.py                      # CPU: tiny (50 steps) + full (2 steps)
+    python benchmarks/bench_upsample.py --device cuda --full-steps 50 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+from typing import Any
+
+import torch
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _inputs(model: Any, seconds: float, device: torch.device) -> torch.Tensor:
+    frames = int(seconds * 100)
+    mult = model.frame_multiple
+    frames = (frames + mult - 1) // mult * mult
+    mel = torch.randn(1, frames, 256, generator=torch.Generator().manual_seed(0)) - 5
+    return mel.to(device)
+
+
+def run_audiotool(
+    model: Any, cfg: Any, mel: torch.Tensor, steps: int, batch: int, dtype: torch.dtype | None
+) -> None:
+    from audiotool.engine.diffusion import sample_chunked
+    from audiotool.engine.schedules import ddim_timesteps
+
+    chunk = int(cfg.chunk_seconds * 100) // model.latent_factor
+    overlap = int(cfg.overlap_seconds * 100) // model.latent_factor
+    ctx = model.encode_global(mel)
+    cond = model.encode_condition(mel)
+    ac = (
+        torch.autocast(mel.device.type, dtype=dtype)
+        if dtype
+        else torch.autocast(mel.device.type, enabled=False)
+    )
+    with ac:
+        sample_chunked(
+            model.denoise,
+            cond,
+            chunk=chunk,
+            overlap=overlap,
+            timesteps=ddim_timesteps(steps),
+            alphas_cumprod=model.alphas_cumprod,
+            out_channels=model.latent_channels,
+            context=ctx,
+            uncond_latent=model.uncond_value,
+            guidance=3.5,
+            eta=1.0,
+            generator=torch.Generator().manual_seed(0),
+            batch_size=batch,
+            time_multiple=model.unet.time_multiple,
+        )
+
+
+def run_reference(model: Any, cfg: Any, mel: torch.Tensor, steps: int) -> None:
+    """One chunk at a time, two separate guidance passes, fp32."""
+    from audiotool.engine.chunking import plan_spans
+    from audiotool.engine.samplers import sample_ddim
+    from audiotool.engine.schedules import ddim_timesteps
+
+    chunk = int(cfg.chunk_seconds * 100) // model.latent_factor
+    overlap = int(cfg.overlap_seconds * 100) // model.latent_factor
+    ctx = model.encode_global(mel)
+    cond = model.encode_condition(mel)
+
+    def two_pass(x: torch.Tensor, t: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+        extra = {k: v for k, v in c.items() if k != "concat"}
+        cnd = model.denoise(x, t, c)
+        unc = model.denoise(
+            x, t, {"concat": torch.full_like(c["concat"], model.uncond_value), **extra}
+        )
+        return unc + 3.5 * (cnd - unc)
+
+    for span in plan_spans(cond.shape[2], chunk, overlap):
+        piece = cond[:, :, span.start : span.end]
+        x = torch.randn(
+            piece.shape[0],
+            model.latent_channels,
+            *piece.shape[2:],
+            generator=torch.Generator().manual_seed(0),
+        ).to(mel.device)
+        sample_ddim(
+            two_pass,
+            x,
+            ddim_timesteps(steps),
+            model.alphas_cumprod,
+            cond={"concat": piece, **ctx},
+            eta=1.0,
+            generator=torch.Generator().manual_seed(1),
+        )
+
+
+def measure(fn: Any, device: torch.device) -> tuple[float, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, _peak_mib(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--tiny-steps", type=int, default=50)
+    ap.add_argument("--full-steps", type=int, default=2)
+    ap.add_argument("--full-seconds", type=float, default=5.12)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-full", action="store_true")
+    args = ap.parse_args()
+    from audiotool.models.latent_diffusion import audiosr_config, build_model, tiny_config
+
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.machine()
+    print(f"upsample benchmark on {dev} ({name}), {args.threads} threads; guidance 3.5, eta 1")
+    print(
+        f"{'preset':<16}{'path':<22}{'audio s':>8}{'steps':>6}{'s / s audio':>13}"
+        f"{'peak MiB':>10}  note"
+    )
+    torch.manual_seed(0)
+    tiny_cfg = tiny_config()
+    tiny = build_model(tiny_cfg).to(dev).eval()
+    mel = _inputs(tiny, args.seconds, dev)
+    for label, fn in (
+        (
+            "audiotool batched",
+            lambda: run_audiotool(tiny, tiny_cfg, mel, args.tiny_steps, args.batch_size, None),
+        ),
+        ("reference", lambda: run_reference(tiny, tiny_cfg, mel, args.tiny_steps)),
+    ):
+        sec, peak = measure(fn, dev)
+        print(
+            f"{'tiny':<16}{label:<22}{args.seconds:>8.2f}{args.tiny_steps:>6}"
+            f"{sec / args.seconds:>13.3f}{peak:>10.0f}"
+        )
+    if args.skip_full:
+        return
+    full_cfg = audiosr_config(global_encoder=True)
+    full = build_model(full_cfg).to(dev).eval()
+    mel = _inputs(full, args.full_seconds, dev)
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
+    for label, fn in (
+        (
+            "audiotool batched" + (" bf16" if dtype else ""),
+            lambda: run_audiotool(full, full_cfg, mel, args.full_steps, args.batch_size, dtype),
+        ),
+        ("reference fp32", lambda: run_reference(full, full_cfg, mel, args.full_steps)),
+    ):
+        sec, peak = measure(fn, dev)
+        per = sec / args.full_seconds
+        note = ""
+        if args.full_steps != 50:
+            note = (
+                f"x{50 / args.full_steps:g} -> {per * 50 / args.full_steps:.1f} s/s at 50 steps "
+                "(extrapolated)"
+            )
+        print(
+            f"{'audiosr+global':<16}{label:<22}{args.full_seconds:>8.2f}{args.full_steps:>6}"
+            f"{per:>13.3f}{peak:>10.0f}  {note}"
+        )
+
+
+if __name__ == "__main__":
+    main()
