@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiotool.data.sources import SOURCES, source_files
+from audiotool.data.sources import SOURCES, licence_of, source_files
 from audiotool.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def build_upsample(
                 48000,
                 split=split,
                 sources=[str(c[0]) for c in pick],
-                licence="GPL-2 / GPL-2+",
+                licence=licence_of("hydrogen", pick[0][0]),
                 bandwidth_hz=round(min(c[2] for c in pick)),
                 lossy_source=False,
                 kit=kit,
@@ -340,7 +340,7 @@ def build_embed(
                 rate,
                 split=split,
                 sources=[str(path)],
-                licence="GPL-2 / GPL-2+",
+                licence=licence_of("hydrogen", path),
             )
     sf2 = source_files(sources_dir, "fluid")[0]
     for label, program in (

@@ -71,6 +71,32 @@ SOURCES: dict[str, Source] = {
 }
 
 
+#: per-kit licences of hydrogen-drumkits (from its copyright file)
+HYDROGEN_LICENCES = {
+    "Audiophob": "CC0",
+    "BJA_Pacific": "CC-BY-SA-3.0-us",
+    "ColomboAcousticDrumkit": "GPL-2+ with composition exception",
+    "ElectricEmpireKit": "GPL-2+",
+    "ForzeeStereo": "GPL-2",
+    "Gimme A Hand 1.0": "GPL-2",
+    "HardElectro1": "GPL-2+",
+    "Millo-Drums_v.1": "GPL-2",
+    "Millo_MultiLayered2": "GPL-2",
+    "Millo_MultiLayered3": "GPL-2",
+    "The Black Pearl 1.0": "GPL-2",
+    "VariBreaks": "GPL-2+",
+    "circAfrique v4": "CC-BY-SA-3.0",
+    "rumpf_kit_z01_h2": "CC-BY-3.0",
+}
+
+
+def licence_of(name: str, path: Path) -> str:
+    """The licence of one file of source ``name`` (per kit for the Hydrogen drum kits)."""
+    if name == "hydrogen":
+        return HYDROGEN_LICENCES.get(path.parent.name, "see the package's copyright file")
+    return SOURCES[name].licence
+
+
 def source_root(sources_dir: Path, name: str) -> Path:
     """The unpacked tree of source ``name``.
 

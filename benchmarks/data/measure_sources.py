@@ -32,26 +32,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiotool.data.sources import SOURCES, source_root
+from audiotool.data.sources import HYDROGEN_LICENCES, SOURCES, source_root
 from audiotool.dsp import estimate_cutoff
 
 #: per-kit licences, from hydrogen-drumkits' DEP-5 ``copyright`` (kit folder -> licence)
-HYDROGEN_LICENCES = {
-    "Audiophob": "CC0",
-    "BJA_Pacific": "CC-BY-SA-3.0-us",
-    "ColomboAcousticDrumkit": "GPL-2+ with composition exception",
-    "ElectricEmpireKit": "GPL-2+",
-    "ForzeeStereo": "GPL-2",
-    "Gimme A Hand 1.0": "GPL-2",
-    "HardElectro1": "GPL-2+",
-    "Millo-Drums_v.1": "GPL-2",
-    "Millo_MultiLayered2": "GPL-2",
-    "Millo_MultiLayered3": "GPL-2",
-    "The Black Pearl 1.0": "GPL-2",
-    "VariBreaks": "GPL-2+",
-    "circAfrique v4": "CC-BY-SA-3.0",
-    "rumpf_kit_z01_h2": "CC-BY-3.0",
-}
 AUDIO = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
