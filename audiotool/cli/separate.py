@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -87,6 +88,14 @@ def separate(
         bool,
         typer.Option("--mixture-consistent", help="Make the stems sum exactly to the mixture."),
     ] = False,
+    query: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--query", help="Reference clip, for query-conditioned models."),
+    ] = None,
+    query_model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--query-model", help="Embed model for the query (default: the zoo's)."),
+    ] = None,
     fmt: FormatOpt = None,
     bit_depth: BitDepthOpt = BitDepthChoice.b24,
     clip: ClipOpt = ClipChoice.rescale,
@@ -124,6 +133,8 @@ def separate(
         hop_seconds=hop_seconds,
         shifts=shifts,
         mixture_consistent=mixture_consistent,
+        query=query,
+        query_model=query_model,
     )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     with progress_bars(quiet=quiet) as bars:

@@ -245,6 +245,9 @@ class BandSplitConfig(ModelConfig):
     conv_dilations: tuple[int, ...] = (1, 2, 4)
     mask_hidden: int = 128
     query_dim: int = 0
+    #: where the query comes from when query_dim > 0: a reference clip given by the user, or
+    #: the whole mixture itself (a per-file global context, computed once per file)
+    query_source: Literal["reference", "mixture"] = "reference"
     default_chunk_seconds: float = 6.0
     default_hop_seconds: float = 3.0
 

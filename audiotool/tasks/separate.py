@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
 
 from audiotool.errors import UsageError
 from audiotool.paths import ExpandedInputs, OutputPlanner, check_existing
@@ -21,7 +24,6 @@ from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, Runti
 from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from audiotool.hub import LoadedModel
@@ -48,6 +50,10 @@ class SeparateOptions:
             random offsets of up to 0.5 s (drawn from the seed) and the results averaged.
         mixture_consistent: project the stems so that they sum exactly to the mixture (the
             residual is shared equally between all stems of the model).
+        query: reference clip for query-conditioned models (``query_dim > 0`` with
+            ``query_source="reference"``): its embedding conditions every chunk.
+        query_model: the embed model that turns the query (or, for ``query_source="mixture"``,
+            the whole mixture) into the conditioning vector; default: the zoo's embed model.
     """
 
     stems: tuple[str, ...] | None = None
@@ -57,6 +63,8 @@ class SeparateOptions:
     hop_seconds: float | None = None
     shifts: int = 0
     mixture_consistent: bool = False
+    query: Path | None = None
+    query_model: str | None = None
 
 
 def model_stems(config: Any) -> tuple[str, ...]:
@@ -186,6 +194,50 @@ def separate_tensor(
     return back
 
 
+ContextFn = Callable[[Tensor, int], dict[str, Tensor]]
+
+
+def _query_context(config: Any, options: SeparateOptions, runtime: Runtime) -> ContextFn | None:
+    """For query-conditioned models, a function giving each file's ``query=`` kwarg.
+
+    ``query_source="reference"``: the reference clip's pooled embedding, computed once and used
+    for every file; ``"mixture"``: the whole mixture's pooled embedding, computed once per file
+    (a global context) and reused by every chunk.
+    """
+    query_dim = int(getattr(config, "query_dim", 0))
+    if query_dim <= 0:
+        if options.query is not None:
+            raise UsageError("--query given, but this model takes no query")
+        return None
+    from audiotool.audio import read_audio
+    from audiotool.models.audio_branch import AudioBranch
+    from audiotool.tasks.embed import embed_tensor
+
+    embedder = load_task_model(options.query_model, "embed", revision=None, runtime=runtime)
+    net, cfg = embedder.model, embedder.config
+    if not isinstance(net, AudioBranch) or net.dim != query_dim:
+        raise UsageError(
+            f"the query model {embedder.model_id} gives {getattr(net, 'dim', '?')}-dim "
+            f"embeddings; this separator needs {query_dim}",
+            hint="pass --query-model with a matching embed model",
+        )
+
+    def embed(audio: Tensor, rate: int) -> Tensor:
+        vec = embed_tensor(net, cfg, audio, rate, runtime=runtime).pooled  # type: ignore[arg-type]
+        return torch.from_numpy(vec)[None].to(runtime.device)
+
+    if getattr(config, "query_source", "reference") == "mixture":
+        return lambda audio, rate: {"query": embed(audio, rate)}
+    if options.query is None:
+        raise UsageError(
+            "this model separates the source named by a reference clip",
+            hint="pass --query CLIP (e.g. a few seconds of the target instrument)",
+        )
+    ref = read_audio(options.query)
+    fixed = embed(ref.samples, ref.sample_rate)
+    return lambda audio, rate: {"query": fixed}
+
+
 def separate_files(
     inputs: ExpandedInputs,
     *,
@@ -217,6 +269,7 @@ def separate_files(
         allowed_fields=frozenset({"track", "stem", "ext", "model", "name", "parent", "task"}),
     )
     model_name = loaded.model_id.split("/")[-1].replace("zoo:", "").split("@")[0]
+    context_fn = _query_context(loaded.config, options, rt)
 
     def one(path: Path) -> FileResult:
         targets = {
@@ -232,6 +285,7 @@ def separate_files(
                 input=str(path), status="skipped", outputs=[str(t) for t in targets.values()]
             )
         audio = read_audio(path)
+        kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
         stems = separate_tensor(
             loaded.model,
             loaded.config,
@@ -240,6 +294,7 @@ def separate_files(
             options=options,
             runtime=rt,
             progress=progress,
+            model_kwargs=kwargs,
         )
         outputs = {n: stems[n] for n in chosen}
         if options.residual:

@@ -202,3 +202,50 @@ def test_cli_errors(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixtur
         capsys,
     )
     assert code == 1 and "flac" in err
+
+
+def test_query_models_get_a_context_once_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audiotool.models.audio_branch import PRESETS
+    from audiotool.models.audio_branch import build_model as build_branch
+    from audiotool.tasks import embed as embed_mod
+
+    torch.manual_seed(0)
+    ecfg = PRESETS["tiny"]()
+    emb_dir = save_pretrained(build_branch(ecfg), ecfg, tmp_path / "emb")
+    calls: list[int] = []
+    original = embed_mod.embed_tensor
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(int(args[2].shape[-1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(embed_mod, "embed_tensor", counting)
+    for source in ("mixture", "reference"):
+        cfg = tiny_config().replace(query_dim=32, stems=("target",), query_source=source)
+        sep_dir = save_pretrained(build_model(cfg), cfg, tmp_path / f"sep-{source}")
+        songs = [_mix(tmp_path / f"{source}{i}.wav", seconds=2.5) for i in range(2)]
+        calls.clear()
+        args = [
+            "separate",
+            *map(str, songs),
+            "--model",
+            str(sep_dir),
+            "--query-model",
+            str(emb_dir),
+            "-o",
+            str(tmp_path / f"out-{source}"),
+            "--quiet",
+            "--chunk-seconds",
+            "0.5",
+        ]
+        if source == "reference":
+            code, _, err = run_main(args, capsys)
+            assert code == 2 and "--query" in err
+            args += ["--query", str(songs[0])]
+        code, _, err = run_main(args, capsys)
+        assert code == 0, err
+        # one embedding per file (mixture) or one for the whole batch (reference), never per chunk
+        assert len(calls) == (2 if source == "mixture" else 1)
+        assert (tmp_path / f"out-{source}" / songs[1].stem / "target.wav").is_file()
