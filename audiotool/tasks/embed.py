@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,9 @@ def embed_tensor(
     step = model.frame_samples / rate
     chunk = max(step, round(config.chunk_seconds / step) * step)
     hop = max(step, min(chunk, round(config.hop_seconds / step) * step))
+    clip = math.ceil(x.shape[-1] / rate / step) * step
+    if clip <= chunk:  # a short clip is one chunk of its own length (no wasted padding)
+        chunk = hop = clip
     proc = OverlapAddProcessor(chunk, hop, rate)
     with torch.inference_mode():
         frames = proc.process(
