@@ -140,6 +140,42 @@ def unfold_chunks(audio: Tensor, plan: ChunkPlan, pad_mode: PadMode = "reflect")
     return padded.unfold(-1, plan.chunk, plan.hop)
 
 
+class ChunkSource:
+    """Chunk ``i`` of ``(C, T)`` audio as it would be cut from the padded signal, without
+    copying the whole padded signal: interior chunks are views of the input, the few chunks that
+    reach into the padding come from small padded copies of the two ends."""
+
+    def __init__(self, audio: Tensor, plan: ChunkPlan, pad_mode: PadMode) -> None:
+        self.audio, self.plan = audio, plan
+        t = audio.shape[-1]
+        mode: PadMode = pad_mode
+        if mode == "reflect" and (plan.pad_left >= t or plan.pad_right >= t):
+            mode = "constant"  # as pad_signal does for short inputs
+        self.mode: PadMode = mode
+        edge = min(t, plan.chunk + plan.pad_left + plan.pad_right)
+        self.head = pad_signal(audio[:, :edge], plan.pad_left, 0, mode)
+        self.tail = pad_signal(audio[:, t - edge :], 0, plan.pad_right, mode)
+        self.tail_start = plan.pad_left + t - edge  # padded coordinate of tail[0]
+
+    def chunk(self, i: int) -> Tensor:
+        p = self.plan
+        lo = i * p.hop  # padded coordinates
+        hi = lo + p.chunk
+        t = self.audio.shape[-1]
+        if lo >= p.pad_left and hi <= p.pad_left + t:
+            return self.audio[:, lo - p.pad_left : hi - p.pad_left]
+        if hi <= self.head.shape[-1]:
+            return self.head[:, lo:hi]
+        if lo >= self.tail_start:
+            return self.tail[:, lo - self.tail_start : hi - self.tail_start]
+        # a chunk that reaches into both paddings (the input is about one chunk long)
+        return pad_signal(self.audio, p.pad_left, p.pad_right, self.mode)[:, lo:hi]
+
+    def batch(self, start: int, stop: int) -> Tensor:
+        """Chunks ``start:stop`` as ``(b, C, L)``."""
+        return torch.stack([self.chunk(i) for i in range(start, stop)])
+
+
 def fold_chunks(chunks: Tensor, hop: int, window: Tensor) -> Tensor:
     """Overlap-add ``(N, C, L)`` windowed chunks into ``(C, (N-1) H + L)`` with ``F.fold``."""
     n, c, length = chunks.shape
@@ -201,8 +237,9 @@ class OverlapAddProcessor:
     ) -> dict[str, Tensor]:
         """Process ``audio`` ``(C, T)`` (or ``(T,)``) chunk by chunk.
 
-        ``model`` gets ``(b, C, L)`` mini-batches plus ``model_kwargs``; a tensor kwarg whose
-        leading dimension is 1 is expanded to ``b`` (a per-file query or context). It returns
+        ``model`` gets ``(b, C, L)`` mini-batches plus ``model_kwargs`` (tensors moved to the
+        device); a tensor kwarg of two or more dimensions whose leading dimension is 1 is
+        expanded to ``b`` (a per-file query or context, ``(1, D)``); others pass unchanged. It returns
         ``(b, C', L')`` or ``{key: (b, C', L')}`` (a bare tensor is stored as ``"output"``).
 
         Returns:
@@ -216,12 +253,13 @@ class OverlapAddProcessor:
         dev = torch.device(device) if device is not None else home
         plan = plan_chunks(int(audio.shape[-1]), self.chunk, self.hop, self.context)
         with torch.inference_mode():
-            views = unfold_chunks(audio.to(dev), plan, self.pad_mode)  # (C, N, L)
+            source = ChunkSource(audio.to(dev), plan, self.pad_mode)
             acc = _Accumulator(plan)
+            moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
 
             def run(start: int, stop: int) -> dict[str, Tensor]:
-                batch = views[:, start:stop].permute(1, 0, 2).contiguous()
-                kwargs = _expand_kwargs(model_kwargs, stop - start)
+                batch = source.batch(start, stop)
+                kwargs = _expand_kwargs(moved, stop - start)
                 if dtype is not None:
                     with torch.autocast(device_type=dev.type, dtype=dtype):
                         out = model(batch, **kwargs)
@@ -236,7 +274,7 @@ class OverlapAddProcessor:
 def _expand_kwargs(kwargs: Mapping[str, Any], b: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
-        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == 1 and b != 1:
+        if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[0] == 1 and b != 1:
             v = v.expand(b, *v.shape[1:])
         out[k] = v
     return out
@@ -305,19 +343,31 @@ class _Accumulator:
         return out
 
 
-def _normalise_inplace(
-    buf: Tensor, window: Tensor, hop: int, n_chunks: int, block: int = 1 << 16
-) -> None:
-    """Divide ``buf`` ``(C, total)`` by the summed windows, block by block (flat memory)."""
+def _normalise_inplace(buf: Tensor, window: Tensor, hop: int, n_chunks: int) -> None:
+    """Divide ``buf`` ``(C, total)`` by the summed windows in place.
+
+    Away from the ends (one window length in), the summed window is periodic with period
+    ``hop``: that part is divided through a ``(C, periods, hop)`` view by one period; the two
+    ends are summed exactly. Memory stays O(window), work O(total).
+    """
     total = buf.shape[-1]
     length = window.shape[0]
-    for lo in range(0, total, block):
-        hi = min(lo + block, total)
+
+    def exact(lo: int, hi: int) -> Tensor:
         weight = torch.zeros(hi - lo, device=buf.device)
-        first = max(0, (lo - length) // hop)
-        last = min(n_chunks - 1, (hi - 1) // hop)
-        for k in range(first, last + 1):
+        for k in range(max(0, (lo - length) // hop), min(n_chunks - 1, (hi - 1) // hop) + 1):
             a, b = max(lo, k * hop), min(hi, k * hop + length)
             if a < b:
                 weight[a - lo : b - lo] += window[a - k * hop : b - k * hop]
-        buf[:, lo:hi] /= weight.clamp(min=1e-20)  # 0 only in discarded margins
+        return weight.clamp(min=1e-20)  # 0 only in discarded margins
+
+    inner_lo = -(-length // hop) * hop  # first multiple of hop at or after one window
+    inner_hi = inner_lo + max(0, (total - length - inner_lo) // hop) * hop
+    if inner_hi - inner_lo >= hop:
+        period = exact(inner_lo, inner_lo + hop)
+        view = buf[:, inner_lo:inner_hi].view(buf.shape[0], -1, hop)
+        view /= period
+        buf[:, :inner_lo] /= exact(0, inner_lo)
+        buf[:, inner_hi:] /= exact(inner_hi, total)
+    else:
+        buf /= exact(0, total)

@@ -119,7 +119,7 @@ def sample_ddim(
             eps = sa * out + s1a * x
         else:
             eps = out
-            x0 = (x - s1a * eps) / sa
+            x0 = (x - s1a * eps) / sa.clamp(min=1e-4)  # t = T-1 has ᾱ = 0 under cosine
         sigma = (
             eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
             if eta > 0

@@ -49,4 +49,5 @@ def ddim_timesteps(
         steps = torch.round(torch.linspace(0, num_train_steps - 1, num_inference_steps)).long()
     else:
         raise EngineError(f"spacing must be one of uniform/trailing/linspace, got {spacing!r}")
-    return steps.long().flip(0)
+    steps = torch.unique(steps.long())  # sorted ascending, no repeated step (e.g. S == T)
+    return steps.flip(0)

@@ -69,31 +69,6 @@ def test_context_reaches_every_span_and_step() -> None:
     assert any(0.5 in c.tolist() and -0.5 in c.tolist() for c in den.contexts)
 
 
-def test_context_encoder_runs_once_per_file() -> None:
-    calls = []
-
-    def encoder(full: Tensor) -> dict[str, Tensor]:
-        calls.append(full.shape)
-        return {"global": full.mean(dim=(1, 2, 3))}
-
-    cond = torch.randn(2, 2, 80, 4)
-    ctx = encoder(cond)  # the task computes it once from the whole file ...
-    den = CountingDenoiser()
-    with torch.no_grad():
-        sample_chunked(
-            den,
-            cond,
-            chunk=16,
-            overlap=4,
-            timesteps=ddim_timesteps(3),
-            alphas_cumprod=ACP,
-            context=ctx,
-            batch_size=4,
-        )
-    assert len(calls) == 1  # ... and every span and step reuses it
-    assert len(den.calls) > 3
-
-
 def test_seed_changes_result_and_is_reproducible() -> None:
     a, _ = run(2)
     b, _ = run(2)
