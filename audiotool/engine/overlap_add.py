@@ -239,8 +239,9 @@ class OverlapAddProcessor:
 
         ``model`` gets ``(b, C, L)`` mini-batches plus ``model_kwargs`` (tensors moved to the
         device); a tensor kwarg of two or more dimensions whose leading dimension is 1 is
-        expanded to ``b`` (a per-file query or context, ``(1, D)``); others pass unchanged. It returns
-        ``(b, C', L')`` or ``{key: (b, C', L')}`` (a bare tensor is stored as ``"output"``).
+        expanded to ``b`` (a per-file query or context, ``(1, D)``); others pass unchanged.
+        It returns ``(b, C', L')`` or ``{key: (b, C', L')}`` (a bare tensor is stored as
+        ``"output"``).
 
         Returns:
             ``{key: (C', T')}`` float32 on ``audio``'s device, ``T' = round(T L'/L)``.
