@@ -296,6 +296,23 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(sim, target)
 
 
+def supcon(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, eq. 2 "L_out"): ``z`` ``(N, D)``,
+    ``labels`` ``(N,)``; every other embedding with the same label is a positive."""
+    z = F.normalize(z, dim=-1)
+    n = z.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = (z @ z.t() / temperature).masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~self_mask
+    counts = pos.sum(1)
+    keep = counts > 0
+    if not bool(keep.any()):
+        return z.sum() * 0.0
+    mean_pos = log_prob.masked_fill(~pos, 0.0).sum(1)[keep] / counts[keep]
+    return -mean_pos.mean()
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioBranchConfig(ModelConfig):
     """Config of the ``audio_branch`` family."""

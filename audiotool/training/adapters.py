@@ -218,8 +218,11 @@ class SeparateAdapter:
 
 
 class EmbedAdapter:
-    """SimCLR on real clips: two augmented crops of one clip are positives (NT-Xent);
-    validation = leave-one-out 1-NN accuracy on the labelled val folder."""
+    """Contrastive training on real clips: two augmented crops of one clip are positives
+    (NT-Xent, SimCLR); with ``data.extra.supervised`` (weight, default 1.0) clips that share a
+    label (their sub-folder) are positives too (SupCon). Augmentations: gain, polarity, noise at
+    a random level, random low-pass. Validation = leave-one-out 1-NN accuracy on the labelled
+    val folder (recordings not used in training)."""
 
     name = "embed"
     higher_is_better = True
@@ -229,35 +232,49 @@ class EmbedAdapter:
         self.train_set = ClipIndex(self.data_dir / recipe.data.train)
         self.val_set = ClipIndex(self.data_dir / recipe.data.val)
         self.temperature = float(recipe.data.extra.get("temperature", 0.1))
+        self.supervised = float(recipe.data.extra.get("supervised", 1.0))
+        self.label_ids = {lab: i for i, lab in enumerate(self.train_set.labels)}
 
     def prepare(self, model: Any) -> None:
         return None
 
     def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        gain = float(torch.empty(1).uniform_(0.3, 1.0, generator=gen))
-        noise = float(torch.empty(1).uniform_(0.0, 0.02, generator=gen))
-        return x * gain + noise * torch.randn(x.shape, generator=gen)
+        from audiotool.dsp import lowpass
+
+        u = torch.rand(4, generator=gen)
+        gain = 0.2 + 0.8 * float(u[0])
+        sign = -1.0 if float(u[1]) < 0.5 else 1.0
+        if float(u[2]) < 0.3:
+            x = lowpass(x[None], 16000, 2000 + 5000 * float(u[3]), order=4, kind="butter")[0]
+        noise = 10 ** (-1 - 2 * float(torch.rand(1, generator=gen)))  # 0.1 .. 0.001
+        return sign * gain * x + noise * torch.randn(x.shape, generator=gen)
 
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
         length = int(self.recipe.data.clip_seconds * 16000)
-        a, b = [], []
+        a, b, labels = [], [], []
         for _ in range(batch_size):
             x, item = self.train_set.random_crop(generator, length, 16000)
             y, _ = self.train_set.random_crop(generator, length, 16000, item=item)
             a.append(self._augment(x[0], generator))
             b.append(self._augment(y[0], generator))
-        return torch.stack(a), torch.stack(b)
+            labels.append(self.label_ids.get(item.label, -1))
+        return torch.stack(a), torch.stack(b), torch.tensor(labels)
 
     def loss(
         self, model: Any, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        from audiotool.models.audio_branch import nt_xent
+        from audiotool.models.audio_branch import nt_xent, supcon
 
-        a, b = batch
+        a, b, labels = batch
         dev = next(model.parameters()).device
         _, za = model(a.to(dev))
         _, zb = model(b.to(dev))
-        return nt_xent(za, zb, self.temperature), {}
+        self_sup = nt_xent(za, zb, self.temperature)
+        if self.supervised <= 0:
+            return self_sup, {}
+        sup = supcon(torch.cat([za, zb]), torch.cat([labels, labels]).to(dev), self.temperature)
+        return self_sup + self.supervised * sup, {"nt_xent": float(self_sup.detach()),
+                                                 "supcon": float(sup.detach())}
 
     def embed_all(self, model: Any, index: ClipIndex) -> tuple[Tensor, list[str]]:
         length = int(self.recipe.data.clip_seconds * 16000)

@@ -114,3 +114,13 @@ def test_round_trip(tmp_path: Path, tiny: torch.nn.Module) -> None:
     x = torch.randn(1, 4000)
     with torch.no_grad():
         assert torch.equal(loaded.model(x)[1], tiny(x)[1])
+
+
+def test_supcon_prefers_label_clusters() -> None:
+    from audiotool.models.audio_branch import supcon
+
+    labels = torch.tensor([0, 0, 1, 1])
+    clustered = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    assert float(supcon(clustered, labels)) < float(supcon(mixed, labels))
+    assert float(supcon(clustered, torch.tensor([0, 1, 2, 3]))) == 0.0  # no positives

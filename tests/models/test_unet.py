@@ -43,7 +43,8 @@ def deterministic_weights(model: nn.Module) -> None:
     """Overwrite every parameter with a closed-form, non-trivial value (no RNG involved).
 
     Norm scales become ``1 + 0.1 sin(.)``; other tensors ``sin(.) / sqrt(fan_in)`` so the
-    activations stay O(1) through the network and every layer matters.
+    activations stay O(1) through the network and every layer matters (query/key weights x3,
+    so attention is far from uniform).
     """
     with torch.no_grad():
         for i, (name, p) in enumerate(sorted(model.named_parameters())):
@@ -56,6 +57,8 @@ def deterministic_weights(model: nn.Module) -> None:
                 value = 0.05 * wave
             else:
                 value = wave * (1.5 / math.sqrt(p[0].numel()))
+                if name.endswith(("to_q.weight", "to_k.weight")):
+                    value = 3 * value  # sharper attention, so the maps matter
             p.copy_(value.to(p.dtype))
 
 
@@ -75,7 +78,7 @@ def test_matches_audiosr_reference_implementation() -> None:
         out = model(x, t)
     expected = torch.tensor(ref["output"]).view(out.shape)
     assert expected.abs().max() > 0.1  # the fixture is not degenerate
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=5e-4)  # float32, |out| ~ 7
 
 
 def test_timestep_embedding_is_cos_then_sin() -> None:
