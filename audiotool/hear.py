@@ -11,25 +11,33 @@ the audio branch's frame rate is 12.5 / s), timestamps at frame centres in milli
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from audiotool.errors import ModelLoadError
 from audiotool.hub import load_model as _load
 from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
 from audiotool.tasks.common import Runtime
 
 
-@dataclasses.dataclass
-class HearModel:
-    """What :func:`load_model` returns: the network plus the HEAR attributes."""
+class HearModel(nn.Module):
+    """What :func:`load_model` returns: the network plus the HEAR attributes.
 
-    model: AudioBranch
-    config: AudioBranchConfig
-    sample_rate: int
-    scene_embedding_size: int
-    timestamp_embedding_size: int
+    An ``nn.Module`` (the HEAR API and heareval require one: heareval calls ``.to(device)``
+    and rejects other types); ``forward`` is the wrapped embedder's.
+    """
+
+    def __init__(self, model: AudioBranch, config: AudioBranchConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.sample_rate: int = config.sample_rate
+        self.scene_embedding_size: int = model.dim
+        self.timestamp_embedding_size: int = model.dim
+
+    def forward(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, T)`` -> ``(segments (B, S, D), pooled (B, D))``."""
+        return self.model(wave)
 
 
 def load_model(model_file_path: str = "", *, device: str = "cpu") -> HearModel:
@@ -38,9 +46,10 @@ def load_model(model_file_path: str = "", *, device: str = "cpu") -> HearModel:
     if not isinstance(loaded.model, AudioBranch) or not isinstance(
         loaded.config, AudioBranchConfig
     ):
-        raise TypeError("not an audio-branch embedder")
-    dim = loaded.model.dim
-    return HearModel(loaded.model, loaded.config, loaded.config.sample_rate, dim, dim)
+        raise ModelLoadError(
+            f"{model_file_path or 'the default embed model'} is not an audio-branch embedder"
+        )
+    return HearModel(loaded.model, loaded.config).eval()
 
 
 def _runtime(model: HearModel) -> Runtime:

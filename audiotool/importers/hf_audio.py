@@ -10,12 +10,16 @@ transformers):
 - ``encoder.*`` -> ``encoder.transformer.*``
 - weight-norm ``weight_g`` / ``weight_v`` -> ``parametrizations.weight.original0`` / ``original1``
 
-``masked_spec_embed`` (used only for pre-training) is ignored; everything else must match.
+``masked_spec_embed`` (used only for pre-training) is ignored. A checkpoint that wraps the base
+model (``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ForCTC`` / ``HubertForCTC``: keys under
+``wav2vec2.`` / ``hubert.``) has its heads outside the wrapper (``quantizer``, ``project_q``,
+``project_hid``, ``lm_head``, ...) skipped and logged; every key of the base model must match.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +27,8 @@ import torch
 
 from audiotool.errors import ConfigError, ModelLoadError, WeightMismatchError
 from audiotool.models.rae import AudioRAE, RAEConfig, build_model
+
+log = logging.getLogger(__name__)
 
 IGNORED = ("masked_spec_embed",)
 #: prefixes of a CTC / task head wrapped around the base model
@@ -58,12 +64,20 @@ def rae_config_from_hf(
 
 
 def map_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers key names -> torchaudio ``wav2vec2_model`` key names."""
+    """transformers key names -> torchaudio ``wav2vec2_model`` key names.
+
+    Keys that fit neither layout come back as ``"unexpected:<key>"`` (reported by the loader).
+    """
     out = {}
+    wrapper = next((p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in state)), None)
+    heads = sorted(k for k in state if wrapper is not None and not k.startswith(wrapper))
+    if heads:
+        log.info("skipping %d head tensors outside %r: %s", len(heads), wrapper, ", ".join(heads))
     for key, value in state.items():
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+        if wrapper is not None:
+            if not key.startswith(wrapper):
+                continue
+            key = key[len(wrapper) :]
         if key in IGNORED:
             continue
         if key.startswith("feature_projection."):

@@ -32,7 +32,12 @@ PoolingType = Literal["attention", "max", "avg", "learnable"]
 
 
 class LogMel(nn.Module):
-    """Waveform ``(B, T)`` -> log-mel ``(B, N, M)`` with ``N = T // hop`` (Hann, center)."""
+    """Waveform ``(B, T)`` -> log-mel ``(B, N, M)`` with ``N = T // hop`` (Hann, center).
+
+    The log has a floor (``log(mel + 1e-6)``). With ``normalize`` every mel bin is scaled to
+    zero mean and unit variance over the item's valid frames (per-utterance normalisation, as in
+    NeMo's ``normalize: per_feature``); deterministic, and padding frames are ignored.
+    """
 
     window: Tensor
     basis: Tensor
@@ -45,17 +50,20 @@ class LogMel(nn.Module):
         win_length: int = 400,
         hop: int = 160,
         n_mels: int = 80,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         from audiotool.features import mel_basis
 
         self.n_fft, self.win_length, self.hop = n_fft, win_length, hop
+        self.normalize = normalize
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
         self.register_buffer(
             "basis", mel_basis(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2), persistent=False
         )
 
-    def forward(self, wave: Tensor) -> Tensor:
+    def forward(self, wave: Tensor, frame_lengths: Tensor | None = None) -> Tensor:
+        """``(B, T)`` (+ valid mel frame counts ``(B,)``) -> ``(B, N, M)``."""
         n = wave.shape[-1] // self.hop
         x = wave.float()
         if x.shape[-1] <= self.n_fft // 2:  # reflect padding needs a few samples
@@ -68,11 +76,30 @@ class LogMel(nn.Module):
             .pow(2)
         )
         mel = torch.matmul(self.basis, spec)[..., : max(n, 1)]
-        return torch.log(mel + 1e-6).transpose(1, 2)
+        out = torch.log(mel + 1e-6).transpose(1, 2)
+        if not self.normalize:
+            return out
+        if frame_lengths is None:
+            frame_lengths = torch.full((out.shape[0],), out.shape[1], device=out.device)
+        valid = _frame_mask(frame_lengths, out.shape[1])[..., None].to(out.dtype)  # (B, N, 1)
+        count = valid.sum(1, keepdim=True)
+        mean = (out * valid).sum(1, keepdim=True) / count
+        var = ((out - mean) ** 2 * valid).sum(1, keepdim=True) / count
+        return (out - mean) / (var + 1e-5).sqrt() * valid
+
+
+def _frame_mask(lengths: Tensor, frames: int) -> Tensor:
+    """``(B,)`` valid counts -> ``(B, frames)`` bool, True on valid frames."""
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class Subsampling(nn.Module):
-    """Three stride-2 3x3 convs over (time, mel): ``(B, N, M)`` -> ``(B, ceil(N/8), D)``."""
+    """Three stride-2 3x3 convs over (time, mel): ``(B, N, M)`` -> ``(B, ceil(N/8), D)``.
+
+    With ``lengths`` (valid mel frames ``(B,)``) each stage's output is zeroed past the item's
+    own length, which is exactly the zero padding a lone clip gets from the convolutions: a
+    padded batch then gives the same valid frames as the clips one by one.
+    """
 
     def __init__(self, *, n_mels: int, channels: int, dim: int) -> None:
         super().__init__()
@@ -95,8 +122,18 @@ class Subsampling(nn.Module):
             n = torch.div(n - 1, 2, rounding_mode="floor") + 1
         return n
 
-    def forward(self, mel: Tensor) -> Tensor:
-        h = self.convs(mel[:, None])  # (B, C, F, M')
+    def forward(self, mel: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, N, M)`` -> ``(B, ceil(N / 8), D)``."""
+        h = mel[:, None]  # (B, 1, N, M)
+        if lengths is None:
+            h = self.convs(h)
+        else:
+            n = lengths
+            h = h * _frame_mask(n, h.shape[2])[:, None, :, None].to(h.dtype)
+            for i in range(0, len(self.convs), 2):
+                h = self.convs[i + 1](self.convs[i](h))
+                n = torch.div(n - 1, 2, rounding_mode="floor") + 1
+                h = h * _frame_mask(n, h.shape[2])[:, None, :, None].to(h.dtype)
         b, c, f, m = h.shape
         return self.out(h.permute(0, 2, 1, 3).reshape(b, f, c * m))
 
@@ -203,6 +240,12 @@ class AudioBranch(nn.Module):
         d_model / num_heads / ffn_dim / num_layers / conv_kernel: the Conformer.
         num_segments / pooling / temporal_encoding: :class:`SegmentAttentionPooling`.
         dropout: Conformer dropout.
+        normalize: per-utterance mel normalisation (see :class:`LogMel`).
+
+    Padding: ``lengths`` masks the subsampling stages, the attention keys and the input of every
+    Conformer depthwise convolution (torchaudio masks only the attention), so a padded batch
+    equals the clips one by one in eval mode. (In train mode BatchNorm statistics of the
+    convolution module still see padded frames.)
     """
 
     def __init__(
@@ -223,13 +266,19 @@ class AudioBranch(nn.Module):
         pooling: PoolingType = "attention",
         temporal_encoding: bool = True,
         dropout: float = 0.1,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         from torchaudio.models import Conformer
 
         self.hop = hop
         self.mel = LogMel(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop=hop, n_mels=n_mels
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop=hop,
+            n_mels=n_mels,
+            normalize=normalize,
         )
         self.subsampling = Subsampling(n_mels=n_mels, channels=subsampling_channels, dim=d_model)
         self.conformer = Conformer(
@@ -256,28 +305,56 @@ class AudioBranch(nn.Module):
         return 8 * self.hop
 
     def encode_frames(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(B, T)`` (+ valid sample counts) -> frames ``(B, F, D)`` and frame counts ``(B,)``."""
-        mel = self.mel(wave)
+        """``(B, T)`` (+ valid sample counts ``(B,)``) -> frames ``(B, F, D)`` (12.5 / s at the
+        default hop) and valid frame counts ``(B,)``; frames past an item's count are padding."""
         b = wave.shape[0]
+        n_mel = max(wave.shape[-1] // self.hop, 1)
         mel_len = (
-            torch.full((b,), mel.shape[1], device=wave.device)
+            torch.full((b,), n_mel, device=wave.device, dtype=torch.long)
             if lengths is None
-            else torch.div(lengths, self.hop, rounding_mode="floor").clamp(min=1)
+            else torch.div(lengths.to(wave.device).long(), self.hop, rounding_mode="floor").clamp(
+                min=1, max=n_mel
+            )
         )
-        h = self.subsampling(mel)
-        frame_len = Subsampling.lengths(mel_len.long()).clamp(max=h.shape[1])
-        h, _ = self.conformer(h, frame_len)
+        ragged = bool((mel_len < n_mel).any())
+        mel = self.mel(wave, mel_len if ragged else None)
+        h = self.subsampling(mel, mel_len if ragged else None)
+        frame_len = Subsampling.lengths(mel_len).clamp(max=h.shape[1])
+        if ragged:
+            h = self._masked_conformer(h, frame_len)
+        else:
+            h, _ = self.conformer(h, frame_len)
         return self.norm(h), frame_len
+
+    def _masked_conformer(self, h: Tensor, lengths: Tensor) -> Tensor:
+        """The Conformer with every depthwise conv's input zeroed on padded frames."""
+        keep = _frame_mask(lengths, h.shape[1])[:, None, :].to(h.dtype)  # (B, 1, F)
+
+        def zero_padding(_: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return (args[0] * keep,)
+
+        handles = [
+            layer.conv_module.sequential[2].register_forward_pre_hook(zero_padding)
+            for layer in self.conformer.conformer_layers
+        ]
+        try:
+            out, _ = self.conformer(h, lengths)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out
 
     def pool(self, frames: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Frames ``(B, F, D)`` -> segments ``(B, S, D)`` and pooled ``(B, D)``."""
         segments = self.pooling(frames, lengths)
         return segments, segments.mean(dim=1)
 
-    def forward(self, wave: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, T)`` -> ``(segments (B, S, D), pooled (B, D))``."""
-        frames, lengths = self.encode_frames(wave)
-        return self.pool(frames, lengths)
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(B, T)`` (+ valid sample counts ``(B,)``) -> ``(segments (B, S, D), pooled (B, D))``.
+
+        Items shorter than ``T`` are padding past their ``lengths``."""
+        frames, frame_len = self.encode_frames(wave, lengths)
+        return self.pool(frames, frame_len)
 
     def frame_model(self, chunk: Tensor) -> Tensor:
         """Engine adapter: audio chunks ``(N, 1, L)`` -> frames ``(N, D, L / 1280)``."""
@@ -335,11 +412,13 @@ class AudioBranchConfig(ModelConfig):
     pooling: PoolingType = "attention"
     temporal_encoding: bool = True
     dropout: float = 0.1
+    normalize: bool = False
     chunk_seconds: float = 10.24
     hop_seconds: float = 5.12
 
 
 def build_model(cfg: AudioBranchConfig) -> AudioBranch:
+    """The :class:`AudioBranch` described by ``cfg``."""
     return AudioBranch(
         sample_rate=cfg.sample_rate,
         n_fft=cfg.n_fft,
@@ -356,6 +435,7 @@ def build_model(cfg: AudioBranchConfig) -> AudioBranch:
         pooling=cfg.pooling,
         temporal_encoding=cfg.temporal_encoding,
         dropout=cfg.dropout,
+        normalize=cfg.normalize,
     )
 
 

@@ -101,12 +101,19 @@ class GlobalAudioEncoder(nn.Module):
     def forward(self, mel: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(B, 1, M, N)`` mel (and optional valid frame counts ``(B,)``) ->
         ``(global (B, D), sequence (B, N', D))``."""
-        h = self.cnn(mel).mean(dim=2).transpose(1, 2)  # (B, N', H)
+        h = mel
+        valid = None if lengths is None else lengths.to(mel.device)
+        for i in range(0, len(self.cnn), 3):  # (conv, norm, act) x 3
+            if valid is not None:  # zero the padding, as a lone file's conv padding is
+                keep = torch.arange(h.shape[-1], device=h.device)[None, :] < valid[:, None]
+                h = h * keep[:, None, None, :].to(h.dtype)
+                valid = torch.div(valid - 1, 2, rounding_mode="floor") + 1
+            h = self.cnn[i + 2](self.cnn[i + 1](self.cnn[i](h)))
+        h = h.mean(dim=2).transpose(1, 2)  # (B, N', H)
         n = h.shape[1]
         h = h + sinusoidal_positions(n, self.hidden, device=h.device, dtype=h.dtype)
         mask = None
-        if lengths is not None:
-            valid = self.output_lengths(lengths.to(h.device))
+        if valid is not None:
             mask = torch.arange(n, device=h.device)[None, :] >= valid[:, None]  # True = pad
         h = self.norm(self.transformer(h, src_key_padding_mask=mask))
         if mask is None:

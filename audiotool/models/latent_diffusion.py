@@ -20,6 +20,7 @@ Deliberate deviations from AudioSR, all documented where they happen:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotool.engine.schedules import cosine_alphas_cumprod
 from audiotool.features import AudioSRMel
 from audiotool.models._config import ModelConfig
 from audiotool.models.autoencoder import AutoencoderKL, IdentityFirstStage
@@ -98,12 +98,18 @@ class LatentDiffusionConfig(ModelConfig):
             raise ValueError("sample_rate must be a multiple of hop")
 
 
-def _schedule_buffers(acp: Tensor) -> dict[str, Tensor]:
-    """LDM ``register_schedule`` buffers from ᾱ (float64 maths, float32 storage)."""
-    ac = acp.double()
+def _schedule_buffers(num_steps: int, s: float) -> dict[str, Tensor]:
+    """LDM ``register_schedule`` buffers of the cosine schedule, AudioSR-exact: β from the
+    float64 cosine (Nichol & Dhariwal 2021, eq. 17, no clipping) and every buffer derived in
+    float64 before the float32 cast (deriving them from a float32 ᾱ is off by up to 6e-4
+    relative in β)."""
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps + s
+    f = torch.cos(t / (1 + s) * math.pi / 2) ** 2
+    f = f / f[0]
+    betas = 1 - f[1:] / f[:-1]
+    alphas = 1 - betas
+    ac = torch.cumprod(alphas, dim=0)
     prev = torch.cat([ac.new_ones(1), ac[:-1]])
-    alphas = ac / prev
-    betas = 1 - alphas
     post_var = betas * (1 - prev) / (1 - ac)
     buffers = {
         "betas": betas,
@@ -168,9 +174,7 @@ class LatentDiffusion(nn.Module):
         parameterization: Literal["v", "eps"],
     ) -> None:
         super().__init__()
-        for name, value in _schedule_buffers(
-            cosine_alphas_cumprod(num_train_steps, cosine_s)
-        ).items():
+        for name, value in _schedule_buffers(num_train_steps, cosine_s).items():
             self.register_buffer(name, value)
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
         self.model = DiffusionWrapper(unet)
@@ -266,8 +270,9 @@ def diffusion_loss(
     ``cond_drop_prob`` an item's condition is replaced by the unconditional latent.
     """
     dev = batch["target_mel"].device
-    x0 = model.encode_target(batch["target_mel"], generator)
-    concat = model.encode_condition(batch["cond_mel"])
+    with torch.no_grad():  # the first stage is fixed, as in LDM/AudioSR
+        x0 = model.encode_target(batch["target_mel"], generator)
+        concat = model.encode_condition(batch["cond_mel"])
     b = x0.shape[0]
     t = torch.randint(0, model.alphas_cumprod.shape[0], (b,), generator=generator).to(dev)
     noise = torch.randn(x0.shape, generator=generator).to(dev)

@@ -20,14 +20,14 @@ blocks) into a log-mel, which Griffin-Lim (no training) or HiFi-GAN turns into a
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.models import Wav2Vec2Model
 
-from audiotool.errors import UsageError
+from audiotool.errors import ConfigError, InputError, UsageError
 from audiotool.features import AudioSRMel
 from audiotool.models._config import ModelConfig
 from audiotool.models.audio_branch import AudioBranch
@@ -54,7 +54,7 @@ class SpectrogramViT(nn.Module):
     ) -> None:
         super().__init__()
         if n_mels % patch_mel:
-            raise ValueError("n_mels must be a multiple of patch_mel")
+            raise ConfigError(f"n_mels ({n_mels}) must be a multiple of patch_mel ({patch_mel})")
         self.patch_mel, self.patch_t = patch_mel, patch_t
         self.rows = n_mels // patch_mel
         self.embed = nn.Conv2d(1, dim, (patch_t, patch_mel), stride=(patch_t, patch_mel))
@@ -170,8 +170,27 @@ class AudioRAE(nn.Module):
         self.encoder.eval()  # the representation stays frozen (no dropout, fixed norms)
         return self
 
+    @property
+    def min_samples(self) -> int:
+        """Shortest input :meth:`encode` takes: one latent frame, enough for the mel's reflect
+        padding and, for wav2vec2 / HuBERT, the conv extractor's receptive field (400 samples
+        for the base models). :meth:`forward` pads shorter clips itself."""
+        need = max(self.frame_samples, (self.mel.n_fft - self.mel.hop_length) // 2 + 1)
+        if self.encoder_kind in ("wav2vec2", "hubert"):
+            extractor = cast(Wav2Vec2Model, self.encoder).feature_extractor
+            field = 1
+            for conv in reversed([m for m in extractor.modules() if isinstance(m, nn.Conv1d)]):
+                field = (field - 1) * int(conv.stride[0]) + int(conv.kernel_size[0])
+            need = max(need, field)
+        return need
+
     def encode_raw(self, wave: Tensor) -> Tensor:
         """Unnormalised latents ``(B, L, D)``, ``L = T // frame_samples``."""
+        if wave.shape[-1] < self.min_samples:
+            raise InputError(
+                f"encode needs at least {self.min_samples} samples, got {wave.shape[-1]}",
+                hint="pad the clip, or use the model's forward (it pads short clips)",
+            )
         n = wave.shape[-1] // self.frame_samples
         with torch.no_grad():
             if self.encoder_kind in ("wav2vec2", "hubert"):
@@ -230,13 +249,43 @@ def compute_latent_stats(latents: Tensor) -> tuple[Tensor, Tensor]:
     return flat.mean(0).float(), flat.std(0).float()
 
 
-def rae_loss(model: AudioRAE, wave: Tensor) -> Tensor:
-    """Training loss: L1 between the decoded and the true log-mel (the encoder is frozen)."""
+def multi_resolution_stft_loss(
+    ref: Tensor, est: Tensor, fft_sizes: tuple[int, ...] = (512, 1024, 2048)
+) -> Tensor:
+    """Differentiable multi-resolution STFT loss between ``(B, T)`` waveforms: spectral
+    convergence + log-magnitude L1, averaged over FFT sizes (hop n/4, Hann) — Yamamoto et al.
+    2020 (Parallel WaveGAN), eq. 4-6."""
+    total = ref.new_zeros(())
+    for n in fft_sizes:
+        win = torch.hann_window(n, device=ref.device, dtype=ref.dtype)
+        mr = torch.stft(ref, n, n // 4, window=win, return_complex=True).abs()
+        me = torch.stft(est, n, n // 4, window=win, return_complex=True).abs()
+        sc = torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp(min=1e-7)
+        mag = (torch.log(mr.clamp(min=1e-7)) - torch.log(me.clamp(min=1e-7))).abs().mean()
+        total = total + sc + mag
+    return total / len(fft_sizes)
+
+
+def rae_loss(model: AudioRAE, wave: Tensor, *, stft_weight: float = 1.0) -> Tensor:
+    """Decoder training loss for ``(B, T)`` clips (the encoder is frozen).
+
+    L1 between the decoded and the true log-mel; with a HiFi-GAN vocoder also
+    ``stft_weight`` x :func:`multi_resolution_stft_loss` on the vocoded waveform, which trains the
+    vocoder jointly (Griffin-Lim has nothing to train). Adversarial terms (HiFi-GAN's
+    discriminators) are the trainer's business.
+    """
     target = model.mel(wave)
     z = model.encode(wave)
     pred = model.decode_mel(z)
     n = min(pred.shape[1], target.shape[1])
-    return (pred[:, :n] - target[:, :n]).abs().mean()
+    loss = (pred[:, :n] - target[:, :n]).abs().mean()
+    if isinstance(model.vocoder, HiFiGANGenerator) and stft_weight > 0:
+        audio = model.vocode(pred)
+        t = min(audio.shape[-1], wave.shape[-1])
+        loss = loss + stft_weight * multi_resolution_stft_loss(
+            wave[..., :t].float(), audio[..., :t]
+        )
+    return loss
 
 
 # --------------------------------------------------------------------------- config + family
@@ -353,10 +402,21 @@ def _encoder(cfg: RAEConfig) -> tuple[nn.Module, int, int]:
     raise UsageError(f"unknown RAE encoder {cfg.encoder!r}")
 
 
+HIFIGAN_UPSAMPLE_RATES = (5, 4, 4, 2)  # product 160 = the mel hop the vocoder needs
+
+
 def build_model(cfg: RAEConfig) -> AudioRAE:
+    """The :class:`AudioRAE` described by ``cfg`` (the encoder frozen)."""
     enc, dim, frame_samples = _encoder(cfg)
     if frame_samples % cfg.hop:
-        raise ValueError(f"latent frames ({frame_samples} samples) must be whole mel hops")
+        raise ConfigError(
+            f"latent frames ({frame_samples} samples) must be whole mel hops (hop {cfg.hop})"
+        )
+    hifigan_hop = 1
+    for r in HIFIGAN_UPSAMPLE_RATES:
+        hifigan_hop *= r
+    if cfg.vocoder == "hifigan" and cfg.hop != hifigan_hop:
+        raise ConfigError(f"vocoder 'hifigan' needs hop {hifigan_hop}, got {cfg.hop}")
     mel = AudioSRMel(
         sample_rate=cfg.sample_rate,
         n_fft=cfg.n_fft,
@@ -385,7 +445,7 @@ def build_model(cfg: RAEConfig) -> AudioRAE:
     else:
         vocoder = HiFiGANGenerator(
             n_mels=cfg.n_mels,
-            upsample_rates=(5, 4, 4, 2),
+            upsample_rates=HIFIGAN_UPSAMPLE_RATES,
             upsample_kernel_sizes=(10, 8, 8, 4),
             upsample_initial_channel=128,
             resblock_kernel_sizes=(3, 7),

@@ -86,3 +86,29 @@ def test_strict_errors(tmp_path: Path) -> None:
         import_hf_encoder(tmp_path, "wav2vec2", **TINY_DECODER)
     assert "encoder.transformer.layer_norm.weight" in exc.value.missing
     assert "lm_head.weight" in exc.value.unexpected
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert"])
+def test_wrapped_checkpoint_heads_are_skipped(tmp_path: Path, kind: str) -> None:
+    """``*ForPreTraining`` / ``*ForCTC`` checkpoints: the base model under ``<kind>.`` is
+    imported strictly, the heads beside it are skipped."""
+    torch.manual_seed(0)
+    cfg = rae_config_from_hf(HF_CONFIG, kind, **TINY_DECODER)  # type: ignore[arg-type]
+    original = build_model(cfg).eval()
+    base = to_hf_names(original.encoder.state_dict(), old_weight_norm=True)
+    state = {f"{kind}.{k}": v for k, v in base.items()}
+    state["quantizer.codevectors"] = torch.zeros(1, 8, 16)
+    state["project_q.weight"] = torch.zeros(16, 16)
+    state["lm_head.weight"] = torch.zeros(5, 32)
+    (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
+    save_file(state, str(tmp_path / "model.safetensors"))
+    imported, _ = import_hf_encoder(tmp_path, kind, **TINY_DECODER)  # type: ignore[arg-type]
+    x = torch.randn(1, 4000)
+    with torch.no_grad():
+        assert torch.allclose(imported.encode_raw(x), original.encode_raw(x), atol=1e-6)
+    # the base model stays strict inside the wrapper
+    del state[f"{kind}.encoder.layer_norm.bias"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightMismatchError) as exc:
+        import_hf_encoder(tmp_path, kind, **TINY_DECODER)  # type: ignore[arg-type]
+    assert exc.value.missing == ["encoder.transformer.layer_norm.bias"]

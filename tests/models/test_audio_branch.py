@@ -124,3 +124,38 @@ def test_supcon_prefers_label_clusters() -> None:
     mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     assert float(supcon(clustered, labels)) < float(supcon(mixed, labels))
     assert float(supcon(clustered, torch.tensor([0, 1, 2, 3]))) == 0.0  # no positives
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_padded_batch_equals_one_by_one(normalize: bool) -> None:
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(PRESETS["tiny"](), normalize=normalize)).eval()
+    # lengths with mel-frame counts that are not multiples of 8 (partial last frames)
+    clips = [torch.randn(16000), torch.randn(9000), torch.randn(5100)]
+    lengths = torch.tensor([len(c) for c in clips])
+    batch = torch.stack([torch.nn.functional.pad(c, (0, 16000 - len(c))) for c in clips])
+    with torch.no_grad():
+        frames, frame_len = model.encode_frames(batch, lengths)
+        seg, pooled = model(batch, lengths)
+        for i, clip in enumerate(clips):
+            f1, n1 = model.encode_frames(clip[None])
+            s1, p1 = model(clip[None])
+            assert int(frame_len[i]) == int(n1[0])
+            assert torch.allclose(frames[i, : int(n1[0])], f1[0], atol=1e-5)
+            assert torch.allclose(seg[i], s1[0], atol=1e-5)
+            assert torch.allclose(pooled[i], p1[0], atol=1e-5)
+
+
+def test_per_utterance_normalisation() -> None:
+    from audiotool.models.audio_branch import LogMel
+
+    mel = LogMel(normalize=True)
+    x = torch.randn(2, 16000) * torch.tensor([[0.01], [1.0]])
+    out = mel(x)
+    assert torch.allclose(out.mean(1), torch.zeros(2, 80), atol=1e-4)
+    assert torch.allclose(out.std(1, unbiased=False), torch.ones(2, 80), atol=1e-2)
+    assert torch.equal(out, mel(x))  # deterministic
+    # well above the log floor a gain change is only an offset, which normalisation removes
+    assert torch.allclose(mel(10 * x[1:]), out[1:], atol=1e-3)

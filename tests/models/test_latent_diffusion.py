@@ -201,3 +201,45 @@ def test_schedule_buffers_match_reference_values() -> None:
     assert float(acp[0]) == pytest.approx(0.9999587, abs=1e-7) and float(acp[999]) == 0.0
     assert float(model.betas[999]) == pytest.approx(1.0)
     assert torch.isfinite(model.sqrt_recip_alphas_cumprod).all()
+
+
+def test_schedule_buffers_are_audiosr_exact() -> None:
+    """All 12 buffers equal LDM/AudioSR ``register_schedule`` (numpy float64, float32 cast)."""
+    import numpy as np
+
+    n, s = 1000, 0.008
+    f = np.cos((np.arange(n + 1) / n + s) / (1 + s) * np.pi / 2) ** 2
+    f = f / f[0]
+    betas = 1 - f[1:] / f[:-1]
+    alphas = 1 - betas
+    ac = np.cumprod(alphas)
+    prev = np.append(1.0, ac[:-1])
+    pv = betas * (1 - prev) / (1 - ac)
+    ref = {
+        "betas": betas,
+        "alphas_cumprod": ac,
+        "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": np.sqrt(ac),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ac),
+        "log_one_minus_alphas_cumprod": np.log(1 - ac),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1 / (ac + 1e-10)),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / (ac + 1e-10) - 1),
+        "posterior_variance": pv,
+        "posterior_log_variance_clipped": np.log(np.maximum(pv, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(prev) / (1 - ac),
+        "posterior_mean_coef2": (1 - prev) * np.sqrt(alphas) / (1 - ac),
+    }
+    model = build_model(tiny_config())
+    for name, value in ref.items():
+        ours = getattr(model, name)
+        theirs = torch.tensor(value, dtype=torch.float32)
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0, msg=name)
+
+
+def test_diffusion_loss_leaves_the_first_stage_frozen() -> None:
+    model = build_model(reduced_audiosr(True))
+    batch = {"target_mel": torch.randn(1, 64, 256) - 5, "cond_mel": torch.randn(1, 64, 256) - 5}
+    diffusion_loss(model, batch, generator=torch.Generator().manual_seed(0)).backward()
+    stages = [p for n, p in model.named_parameters() if not n.startswith("model.")]
+    assert stages and all(p.grad is None for p in stages)  # VAE encoders are not fine-tuned
+    assert model.unet.out[2].weight.grad is not None

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotool.models.rae import PRESETS, build_model, compute_latent_stats, rae_loss
+from audiotool.errors import ConfigError, InputError
+from audiotool.models.rae import (
+    PRESETS,
+    build_model,
+    compute_latent_stats,
+    multi_resolution_stft_loss,
+    rae_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +94,37 @@ def test_audio_branch_encoder_variant() -> None:
         z = model.encode(torch.randn(1, 12800))
         out = model(torch.randn(1, 12800))
     assert z.shape == (1, 10, 32) and out.shape == (1, 12800)
+
+
+def test_short_input_to_encode_is_a_typed_error(tiny: torch.nn.Module) -> None:
+    with pytest.raises(InputError):
+        tiny.encode(torch.randn(1, tiny.min_samples - 1))
+    assert tiny.encode(torch.randn(1, tiny.min_samples)).shape[1] >= 1
+
+
+def test_hifigan_needs_its_hop() -> None:
+    with pytest.raises(ConfigError):
+        build_model(PRESETS["tiny"]().replace(vocoder="hifigan", hop=80))
+
+
+def test_hifigan_loss_trains_the_vocoder() -> None:
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"]().replace(vocoder="hifigan")).train()
+    x = torch.randn(1, 6400) * 0.1
+    loss = rae_loss(model, x)
+    loss.backward()
+    assert any(
+        p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.vocoder.parameters()
+    )
+    assert all(p.grad is None for p in model.encoder.parameters())
+    mel_only = rae_loss(model, x, stft_weight=0.0)
+    assert loss.item() > mel_only.item()
+
+
+def test_mr_stft_loss() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(2, 8000)
+    assert float(multi_resolution_stft_loss(a, a)) < 1e-6
+    assert float(multi_resolution_stft_loss(a, a + 0.1 * torch.randn(2, 8000))) < float(
+        multi_resolution_stft_loss(a, torch.randn(2, 8000))
+    )

@@ -134,6 +134,8 @@ def test_hear_api(tiny_dir: Path) -> None:
     import audiotool.hear as hear
 
     model = hear.load_model(str(tiny_dir))
+    assert isinstance(model, torch.nn.Module)  # heareval rejects anything else
+    assert model.to("cpu") is model and not model.training
     assert model.sample_rate == 16000 and model.scene_embedding_size == 32
     audio = 0.1 * torch.randn(3, 16000)
     scene = hear.get_scene_embeddings(audio, model)

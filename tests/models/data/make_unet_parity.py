@@ -1,12 +1,12 @@
 """Regenerate unet_parity.json: AudioSR's own UNet on closed-form weights and inputs.
 
 Needs a checkout of haoheliu/versatile_audio_super_resolution (the reference) and ``einops``.
-Only four of its files are imported; its ``latent_diffusion/util.py`` pulls in PIL for
-plotting helpers, so a stub providing ``instantiate_from_config`` is put in its place::
+Only three of its files are copied and imported; its ``latent_diffusion/util.py`` pulls in
+PIL for plotting helpers, so a stub providing ``instantiate_from_config`` takes its place::
 
     python tests/models/data/make_unet_parity.py /path/to/versatile_audio_super_resolution
 
-Run from the repository root. The weights are copied from audiotool's UNet (filled by
+The weights are copied from audiotool's UNet (filled by
 ``tests.models.test_unet.deterministic_weights``) into the reference with strict loading, so
 the key names are checked too.
 """
@@ -18,11 +18,19 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
+
 from audiotool.models.unet import UNetModel
-from tests.models.test_unet import PARITY, PARITY_ARGS, deterministic_input, deterministic_weights
+from tests.models.test_unet import (
+    PARITY,
+    PARITY_ARGS,
+    deterministic_input,
+    deterministic_weights,
+)
 
 FILES = (
     "audiosr/latent_diffusion/modules/diffusionmodules/openaimodel.py",
@@ -31,7 +39,7 @@ FILES = (
 )
 
 
-def _import_reference(repo: Path) -> type:
+def _import_reference(repo: Path) -> Any:
     root = Path(tempfile.mkdtemp())
     for rel in FILES:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +55,7 @@ def _import_reference(repo: Path) -> type:
     ):
         (root / pkg / "__init__.py").touch()
     sys.path.insert(0, str(root))
-    from audiosr.latent_diffusion.modules.diffusionmodules.openaimodel import (  # type: ignore
+    from audiosr.latent_diffusion.modules.diffusionmodules.openaimodel import (
         UNetModel as RefUNet,
     )
 
@@ -57,21 +65,21 @@ def _import_reference(repo: Path) -> type:
 
 def main(repo: str) -> None:
     ref_cls = _import_reference(Path(repo))
-    kw = dict(PARITY_ARGS)
+    kw: dict[str, Any] = dict(PARITY_ARGS)
     ref = ref_cls(
         image_size=64,
         use_spatial_transformer=True,
         context_dim=None,
         **{
             **kw,
-            "channel_mult": list(kw["channel_mult"]),  # type: ignore[call-overload]
+            "channel_mult": list(kw["channel_mult"]),
             "attention_resolutions": list(kw["attention_resolutions"]),
-        },  # type: ignore[call-overload]
+        },
     ).eval()
-    ours = UNetModel(**kw)  # type: ignore[arg-type]
+    ours = UNetModel(**kw)
     deterministic_weights(ours)
     ref.load_state_dict(ours.state_dict(), strict=True)
-    shape = (2, int(kw["in_channels"]), 16, 8)  # type: ignore[call-overload]
+    shape = (2, int(kw["in_channels"]), 16, 8)
     timesteps = [1, 981]
     with torch.no_grad():
         out = ref(
