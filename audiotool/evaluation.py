@@ -20,6 +20,7 @@ Non-finite numbers (the SI-SDR of a silent reference) are written as ``null``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,8 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from audiotool.errors import InputError
+from audiotool.errors import EngineError, InputError
 from audiotool.paths import is_audio_path
+
+log = logging.getLogger(__name__)
 
 DEGRADATION = (
     "reference resampled to 48 kHz, then to the input rate and back to 48 kHz with a "
@@ -57,7 +60,15 @@ def _read(path: Path) -> tuple[Tensor, int]:
     return a.samples, a.sample_rate
 
 
+def _fit(est: Tensor, length: int) -> Tensor:
+    """Crop or zero-pad an estimate to the reference's length (a short output is penalised)."""
+    if est.shape[-1] >= length:
+        return est[..., :length]
+    return torch.nn.functional.pad(est, (0, length - est.shape[-1]))
+
+
 def find_references(folder: Path) -> list[Path]:
+    """Audio files under ``folder`` (recursive, sorted)."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_audio_path(p))
     if not files:
         raise InputError(f"{folder}: no audio files to evaluate on")
@@ -65,7 +76,11 @@ def find_references(folder: Path) -> list[Path]:
 
 
 def find_songs(folder: Path, stems: Sequence[str]) -> list[Path]:
+    """Song folders under ``folder``: ``mixture.wav`` plus one ``<stem>.wav`` per stem."""
     songs = sorted(p.parent for p in Path(folder).rglob("mixture.wav"))
+    orphans = sorted({p.parent for s in stems for p in Path(folder).rglob(f"{s}.wav")} - set(songs))
+    if orphans:
+        raise InputError(f"{orphans[0]}: has stem files but no mixture.wav")
     if not songs:
         raise InputError(f"{folder}: no song folders (mixture.wav + one wav per stem)")
     for song in songs:
@@ -93,8 +108,11 @@ def evaluate_upsample(
     from audiotool.audio import resample
     from audiotool.baselines import spectral_band_replication
     from audiotool.dsp import degrade
+    from audiotool.errors import UsageError
     from audiotool.metrics import lsd, si_sdr
 
+    if input_rate >= eval_rate:
+        raise UsageError(f"input rate {input_rate} must be below the evaluation rate {eval_rate}")
     all_systems: dict[str, UpsampleSystem] = dict(systems)
     all_systems["input"] = lambda x, sr: resample(x, sr, eval_rate)
     all_systems["baseline"] = lambda x, sr: spectral_band_replication(
@@ -103,6 +121,9 @@ def evaluate_upsample(
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in all_systems}
     for path in find_references(data_dir):
         audio, rate = _read(path)
+        if rate <= input_rate:
+            log.warning("%s: recorded at %d Hz, not above the input rate; skipped", path, rate)
+            continue
         ref = resample(audio, rate, eval_rate)
         low = resample(degrade(ref, eval_rate, input_rate), eval_rate, input_rate)
         for name, system in all_systems.items():
@@ -163,9 +184,21 @@ def evaluate_separation(
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in all_systems}
     for song in find_songs(data_dir, stems):
         mix, rate = _read(song / "mixture.wav")
-        refs = {s: _read(song / f"{s}.wav")[0] for s in stems}
+        refs = {}
+        for s in stems:
+            refs[s], stem_rate = _read(song / f"{s}.wav")
+            if stem_rate != rate or refs[s].shape != mix.shape:
+                raise InputError(
+                    f"{song / (s + '.wav')}: {stem_rate} Hz, shape "
+                    f"{tuple(refs[s].shape)} differs from mixture.wav ({rate} Hz, "
+                    f"{tuple(mix.shape)})"
+                )
         for name, system in all_systems.items():
             est = system(mix, rate)
+            missing = [s for s in stems if s not in est]
+            if missing:
+                raise EngineError(f"system '{name}' produced no {', '.join(missing)}")
+            est = {s: _fit(est[s], mix.shape[-1]) for s in stems}
             entry: dict[str, Any] = {"file": str(song)}
             for s in stems:
                 scores = {
@@ -201,7 +234,7 @@ def evaluate_reconstruct(
         audio, sr = _read(path)
         ref = resample(audio.mean(0, keepdim=True), sr, rate)
         for name, system in systems.items():
-            est = system(ref, rate)[..., : ref.shape[-1]]
+            est = _fit(system(ref, rate), ref.shape[-1])
             rows[name].append(
                 {
                     "file": str(path),
@@ -225,6 +258,7 @@ def evaluate_reconstruct(
 
 def knn_accuracy(vectors: np.ndarray, labels: Sequence[str], *, k: int = 1) -> float:
     """Leave-one-out k-NN accuracy with cosine similarity (majority vote, ties -> nearest)."""
+    k = min(k, len(vectors) - 1)  # leave-one-out: a point never votes for itself
     v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     sim = v @ v.T
     np.fill_diagonal(sim, -np.inf)
@@ -284,12 +318,20 @@ def evaluate_embeddings(
 ) -> dict[str, Any]:
     """k-NN (k = 1, 5) and linear-probe accuracy on ``data_dir/<label>/*``."""
     files = find_references(data_dir)
-    labels = [p.parent.name for p in files]
+    root = Path(data_dir)
+    top = [p for p in files if p.parent == root]
+    if top:
+        raise InputError(f"{top[0]}: clips must sit in sub-folders named by their label")
+    labels = [p.relative_to(root).parts[0] for p in files]
     if len(set(labels)) < 2:
         raise InputError(f"{data_dir}: needs sub-folders named by label (at least two)")
     rows = []
     for name, embed_fn in systems.items():
         vecs = np.asarray(embed_fn(files), dtype=np.float64)
+        if vecs.ndim != 2 or vecs.shape[0] != len(files):
+            raise EngineError(
+                f"system '{name}' gave embeddings of shape {vecs.shape} for {len(files)} files"
+            )
         rows.append(
             {
                 "system": name,

@@ -16,8 +16,10 @@ from audiotool.errors import UsageError
 
 
 def _pair(ref: Tensor, est: Tensor) -> tuple[Tensor, Tensor]:
-    ref = ref.detach().double().cpu()
-    est = est.detach().double().cpu()
+    """Both as float64 ``(C, T)`` on the CPU (numpy arrays accepted), cut to the shorter length
+    (evaluators pad or crop estimates to the reference's length before calling)."""
+    ref = torch.as_tensor(ref).detach().double().cpu()
+    est = torch.as_tensor(est).detach().double().cpu()
     if ref.dim() == 1:
         ref = ref[None]
     if est.dim() == 1:
@@ -51,7 +53,11 @@ def lsd(
     above ``int((n_fft/2+1) * input_rate / sample_rate)``, i.e. above the input's Nyquist) or
     ``"lf"`` (the bins below).
     """
+    if band not in ("full", "hf", "lf"):
+        raise UsageError(f"lsd band must be 'full', 'hf' or 'lf', got {band!r}")
     r, e = _pair(ref, est)
+    if r.shape[-1] <= n_fft // 2:
+        raise UsageError(f"signals of {r.shape[-1]} samples are too short for LSD (n_fft {n_fft})")
     sr, se = _log_power_spec(r, n_fft, hop), _log_power_spec(e, n_fft, hop)
     bins = sr.shape[1]
     if band != "full":
@@ -111,7 +117,8 @@ def csdr(ref: Tensor, est: Tensor, sample_rate: int) -> float:
 
 def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> float:
     """Mean absolute difference of log10 mel power spectrograms (80 mels, n_fft 1024, hop 256,
-    floor 1e-5), averaged over channels — one scale of DAC's multi-scale mel distance."""
+    floor 1e-5), averaged over channels — a single-scale, DAC-like mel distance (DAC uses 7
+    scales of mel magnitudes)."""
     from audiotool.features import mel_basis
 
     r, e = _pair(ref, est)
@@ -128,8 +135,9 @@ def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> f
 def multi_resolution_stft_distance(
     ref: Tensor, est: Tensor, fft_sizes: tuple[int, ...] = (512, 1024, 2048)
 ) -> float:
-    """Spectral convergence + log-magnitude L1, averaged over FFT sizes (hop n/4, Hann), as
-    ParallelWaveGAN / auraloss define the multi-resolution STFT loss."""
+    """Spectral convergence + log-magnitude L1 (the two terms of Parallel WaveGAN's
+    multi-resolution STFT loss), averaged over FFT sizes 512 / 1024 / 2048 with hop n/4 and a
+    full-length Hann window (Parallel WaveGAN uses other hops and windows)."""
     r, e = _pair(ref, est)
     total = 0.0
     for n in fft_sizes:

@@ -109,3 +109,38 @@ def test_embedding_eval_needs_labels(tmp_path: Path) -> None:
     sf.write(tmp_path / "a" / "x.wav", _tone(16000, 0.5, 300), 16000)
     with pytest.raises(InputError, match="label"):
         evaluate_embeddings(tmp_path, systems={"m": lambda files: np.zeros((len(files), 4))})
+
+
+def test_knn_never_votes_for_itself() -> None:
+    vecs = np.array([[1.0, 0], [1.0, 0.1], [0, 1.0], [0.1, 1.0]])
+    assert knn_accuracy(vecs, ["a", "b", "a", "b"], k=5) == 0.0  # neighbours all disagree...
+    assert knn_accuracy(vecs, ["a", "a", "b", "b"], k=1) == 1.0
+
+
+def test_short_outputs_are_penalised(tmp_path: Path) -> None:
+    from audiotool.evaluation import evaluate_reconstruct
+
+    sf.write(tmp_path / "a.wav", _tone(16000, 1.0, 200), 16000)
+    res = evaluate_reconstruct(
+        tmp_path,
+        systems={"half": lambda x, sr: x[..., : x.shape[-1] // 2], "full": lambda x, sr: x},
+    )
+    by = {r["system"]: r["mean"] for r in res["rows"]}
+    assert by["full"]["si_sdr"] > 100 and by["half"]["si_sdr"] < 10
+
+
+def test_bad_eval_inputs(tmp_path: Path) -> None:
+    from audiotool.errors import UsageError
+    from audiotool.metrics import lsd
+
+    with pytest.raises(UsageError):
+        evaluate_upsample(tmp_path, systems={}, input_rate=48000)
+    with pytest.raises(UsageError, match="band"):
+        lsd(torch.zeros(1, 4096), torch.zeros(1, 4096), band="mid")
+    _song(tmp_path / "s", 0)
+    sf.write(tmp_path / "s" / "bass.wav", np.zeros((100, 2), np.float32), 8000)
+    with pytest.raises(InputError, match=r"bass\.wav"):
+        evaluate_separation(tmp_path, systems={})
+    (tmp_path / "s" / "mixture.wav").unlink()
+    with pytest.raises(InputError, match=r"no mixture\.wav"):
+        evaluate_separation(tmp_path, systems={})

@@ -273,8 +273,10 @@ class EmbedAdapter:
         if self.supervised <= 0:
             return self_sup, {}
         sup = supcon(torch.cat([za, zb]), torch.cat([labels, labels]).to(dev), self.temperature)
-        return self_sup + self.supervised * sup, {"nt_xent": float(self_sup.detach()),
-                                                 "supcon": float(sup.detach())}
+        return self_sup + self.supervised * sup, {
+            "nt_xent": float(self_sup.detach()),
+            "supcon": float(sup.detach()),
+        }
 
     def embed_all(self, model: Any, index: ClipIndex) -> tuple[Tensor, list[str]]:
         length = int(self.recipe.data.clip_seconds * 16000)

@@ -38,9 +38,16 @@ def test_ddim_timesteps_spacings() -> None:
 @pytest.mark.parametrize("param", ["v", "eps"])
 def test_no_nan_for_any_spacing(spacing: str, param: str) -> None:
     x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = sample_ddim(lambda z, t, c: 0.1 * z, x, ddim_timesteps(10, spacing=spacing),  # type: ignore[arg-type]
-                      ACP, cond={}, eta=1.0, parameterization=param,  # type: ignore[arg-type]
-                      generator=torch.Generator().manual_seed(1))
+    out = sample_ddim(
+        lambda z, t, c: 0.1 * z,
+        x,
+        ddim_timesteps(10, spacing=spacing),  # type: ignore[arg-type]
+        ACP,
+        cond={},
+        eta=1.0,
+        parameterization=param,  # type: ignore[arg-type]
+        generator=torch.Generator().manual_seed(1),
+    )
     assert torch.isfinite(out).all()
 
 
