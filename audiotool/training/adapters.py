@@ -6,6 +6,7 @@ Every batch is a deterministic function of its generator (seeded from seed, step
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from torch import Tensor
 
 from audiotool.training.clips import ClipIndex, SongIndex
 from audiotool.training.recipe import Recipe
+
+log = logging.getLogger(__name__)
 
 
 def _card_data(data_dir: Path) -> str:
@@ -313,9 +316,14 @@ class ReconstructAdapter:
         return max(fs, int(self.recipe.data.clip_seconds * 16000) // fs * fs)
 
     def prepare(self, model: Any) -> None:
-        """Latent normalisation statistics from 32 training crops."""
+        """Load the frozen encoder's weights when ``data.extra.encoder_from`` names a trained
+        embed model (an audio-branch RAE over our own embedder: zoo name, folder or Hub repo),
+        then latent normalisation statistics from 32 training crops."""
         from audiotool.models.rae import compute_latent_stats
 
+        source = self.recipe.data.extra.get("encoder_from")
+        if source:
+            load_encoder_from(model, str(source))
         gen = torch.Generator().manual_seed(1234)
         length = self._length(model)
         x = torch.cat([self.train_set.random_crop(gen, length, 16000)[0] for _ in range(32)])
@@ -353,6 +361,29 @@ class ReconstructAdapter:
 
     def card_facts(self) -> dict[str, Any]:
         return {"data": _card_data(self.data_dir)}
+
+
+def load_encoder_from(model: Any, spec: str) -> None:
+    """Copy a trained embed model's weights into an audio-branch RAE's frozen encoder, strictly
+    (every key present, same shapes: the RAE's ``branch_*`` sizes must equal the embedder's).
+
+    Raises:
+        UsageError: the RAE's encoder is not an audio branch, or ``spec`` is not an embed model.
+        WeightMismatchError: the sizes differ.
+    """
+    from audiotool.errors import UsageError
+    from audiotool.hub import check_state_dict, load_model
+
+    if getattr(model, "encoder_kind", None) != "audio_branch":
+        raise UsageError(
+            "data.extra.encoder_from needs an RAE whose encoder is 'audio_branch'",
+            hint="use the rae 'audio-branch' preset (or model.overrides: {encoder: audio_branch})",
+        )
+    source = load_model(spec, task="embed")
+    state = source.model.state_dict()
+    check_state_dict(model.encoder, state, source=f"{spec} (encoder_from)")
+    model.encoder.load_state_dict(state, strict=True)
+    log.info("RAE encoder loaded from %s", spec)
 
 
 def make_adapter(recipe: Recipe, data_dir: Path) -> Any:

@@ -63,6 +63,7 @@ class Recipe:
     model: ModelSection
     data: DataSection = dataclasses.field(default_factory=DataSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    notes: str = ""  # design notes for the model card (e.g. why a light first stage)
     source: str = "<dict>"
 
     def model_config(self) -> ModelConfig:
@@ -160,12 +161,15 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Recipe:
     """Parse a recipe mapping strictly."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping")
-    unknown = sorted(set(data) - {"task", "model", "data", "train"})
+    unknown = sorted(set(data) - {"task", "model", "data", "train", "notes"})
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {unknown}",
-            hint="top-level keys are task, model, data, train",
+            hint="top-level keys are task, model, data, train, notes",
         )
+    notes = data.get("notes", "")
+    if not isinstance(notes, str):
+        raise ConfigError(f"{source}: notes must be text, got {notes!r}")
     model = data.get("model")
     if not isinstance(model, dict) or "family" not in model or "preset" not in model:
         raise ConfigError(f"{source}: model needs 'family' and 'preset'")
@@ -180,6 +184,7 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Recipe:
         model=ModelSection(str(model["family"]), str(model["preset"]), dict(overrides)),
         data=_section(DataSection, data.get("data"), f"{source}: data"),
         train=_section(TrainSection, data.get("train"), f"{source}: train"),
+        notes=notes.strip(),
         source=source,
     )
     recipe.model_config()  # validate now, with a clear message
