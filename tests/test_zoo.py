@@ -1,5 +1,5 @@
 """The bundled zoo as shipped: every entry loads strictly, fits the size budget, runs, and each
-task's default is an entry; no card says a shipped model is untrained."""
+task's default is an entry; every card says how it was trained and evaluated."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_entry_loads_strictly_and_fits_the_budget(name: str) -> None:
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     assert size <= MAX_BYTES, f"{name}: {size / 2**20:.1f} MiB"
     card = (folder / "README.md").read_text()
-    assert "untrained" not in card.lower()
+    assert "UNTRAINED" not in card and "trained with `audiotool train`" in card
     assert "## Evaluation" in card and "Not evaluated yet" not in card
     loaded = load_model(str(folder))
     assert loaded.config.task in ("upsample", "separate", "embed", "reconstruct")
