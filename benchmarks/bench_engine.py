@@ -7,8 +7,9 @@ stereo 44.1 kHz signal (3 minutes by default). Chunks 6 s, hop 3 s for both path
 - ``batched b``: :class:`audiotool.engine.overlap_add.OverlapAddProcessor`, b chunks per forward.
 
 Then peak memory of the batched path for 1 and 10 minutes of input, each in a fresh subprocess;
-the column "beyond buffers" subtracts the input and output buffers themselves (C x T float32
-each), which is what must stay flat with duration.
+the column "beyond input+output" is the peak resident memory during the run above what existed
+before it (model and input) minus the output buffer (C x T float32): the engine's working set,
+which must stay flat with duration.
 
 Usage::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -98,27 +100,50 @@ def time_it(fn, device: str, repeats: int) -> float:  # type: ignore[no-untyped-
     return best
 
 
+def _current_rss() -> int:
+    """Resident set size now, in bytes (Linux ``/proc``; elsewhere the high-water mark)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_child(seconds: float, device: str, batch_size: int) -> None:
-    """Peak memory of one batched run, minus what exists before it and the output buffer."""
+    """Peak memory of one batched run above what exists before it (model, input), minus the
+    output buffer. On the CPU a thread samples the RSS every 2 ms during the run (the
+    process-lifetime high-water mark cannot see growth below an earlier peak)."""
+    import threading
+
     import torch
 
     model = make_model(device)
     x = make_input(seconds)
+    peak_box = [0]
+    stop = threading.Event()
     if device.startswith("cuda"):
         x = x.to(device)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _current_rss()
+
+        def poll() -> None:
+            while not stop.is_set():
+                peak_box[0] = max(peak_box[0], _current_rss())
+                stop.wait(0.002)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
     y = batched(model, x, device, batch_size)
     _sync(device)
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device.startswith("cuda")
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
-    print(json.dumps({"peak": peak, "base": base, "output": y.numel() * 4,
-                      "input": x.numel() * 4}))
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        stop.set()
+        poller.join()
+        peak = max(peak_box[0], _current_rss())
+    print(json.dumps({"peak": peak, "base": base, "output": y.numel() * 4, "input": x.numel() * 4}))
 
 
 def main() -> None:
@@ -166,9 +191,21 @@ def main() -> None:
     print(f"{'input':>8}{'input MiB':>11}{'output MiB':>12}{'beyond input+output MiB':>25}")
     for m in minutes:
         proc = subprocess.run(
-            [sys.executable, __file__, "--memory-child", str(m * 60), "--device", dev,
-             "--batch-size", str(best[1]), "--threads", str(args.threads)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(m * 60),
+                "--device",
+                dev,
+                "--batch-size",
+                str(best[1]),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         beyond = (r["peak"] - r["base"] - r["output"]) / 2**20

@@ -142,6 +142,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 s input, batch sizes 1 and 4")
     ap.add_argument("--batch-sizes", default="1,2,4,8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each path, interleaved (loop, ours, loop, ours, ...); medians are shown",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--path", default="audiotool", help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)
@@ -167,16 +173,45 @@ def main() -> None:
         f"{'path':<22}{'batch':>6}{'s/s audio':>12}{'x realtime':>12}{'peak MiB':>11}"
         f"{'speed-up':>10}"
     )
-    base = _run("demucs-loop", args)
-    rows = [("demucs-style loop", 1, base)]
-    for b in (int(v) for v in args.batch_sizes.split(",")):
-        rows.append(("audiotool overlap-add", b, _run("audiotool", args, b)))
-    for label, b, r in rows:
-        sps = r["seconds"] / args.seconds
-        print(
-            f"{label:<22}{b:>6}{sps:>12.3f}{1 / sps:>12.2f}{r['peak_mib']:>11.0f}"
-            f"{base['seconds'] / r['seconds']:>10.2f}"
+    import statistics
+
+    sizes = [int(v) for v in args.batch_sizes.split(",")]
+    loop_runs: list[dict[str, float]] = []
+    ours: dict[int, list[dict[str, float]]] = {b: [] for b in sizes}
+    ratios: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(args.repeats):
+        for b in sizes:
+            # each of our runs is paired with a loop run next to it in time, so a drift in
+            # the machine's speed moves both sides of a ratio alike
+            base = _run("demucs-loop", args)
+            mine = _run("audiotool", args, b)
+            loop_runs.append(base)
+            ours[b].append(mine)
+            ratios[b].append(base["seconds"] / mine["seconds"])
+
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    rows = [("demucs-style loop", 1, med(loop_runs, "seconds"), med(loop_runs, "peak_mib"), 1.0)]
+    for b in sizes:
+        rows.append(
+            (
+                "audiotool overlap-add",
+                b,
+                med(ours[b], "seconds"),
+                med(ours[b], "peak_mib"),
+                statistics.median(ratios[b]),
+            )
         )
+    for label, b, secs, peak, ratio in rows:
+        sps = secs / args.seconds
+        print(f"{label:<22}{b:>6}{sps:>12.3f}{1 / sps:>12.2f}{peak:>11.0f}{ratio:>10.2f}")
+    spread = {b: (min(r), max(r)) for b, r in ratios.items()}
+    print(
+        f"medians of {args.repeats} interleaved runs; speed-up = median of paired ratios "
+        "(loop time / ours), range: "
+        + ", ".join(f"batch {b}: {lo:.2f}-{hi:.2f}" for b, (lo, hi) in spread.items())
+    )
 
 
 if __name__ == "__main__":

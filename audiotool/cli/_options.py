@@ -105,11 +105,16 @@ RevisionOpt = Annotated[
 ]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Compute device.", rich_help_panel=RUN)]
 BatchSizeOpt = Annotated[
-    int,
+    Optional[int],  # noqa: UP045
     typer.Option(
         "--batch-size",
         min=1,
-        help="Chunks per forward pass (halved automatically when memory runs out).",
+        help=(
+            "Chunks per forward pass (halved automatically when memory runs out). "
+            "Default: 1 on the CPU (batching does not pay there: benchmarks/RESULTS.md), "
+            "4 on a GPU."
+        ),
+        show_default=False,
         rich_help_panel=RUN,
     ),
 ]
@@ -190,7 +195,7 @@ def output_options(
 
 
 def runtime_options(
-    *, device: Device, precision: PrecisionChoice, batch_size: int, seed: int
+    *, device: Device, precision: PrecisionChoice, batch_size: int | None, seed: int
 ) -> RuntimeOptions:
     """Bundle the parsed compute options."""
     return RuntimeOptions(

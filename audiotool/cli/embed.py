@@ -54,7 +54,7 @@ def embed(
     model: ModelOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = Device.auto,
-    batch_size: BatchSizeOpt = 8,
+    batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,

@@ -62,7 +62,7 @@ def reconstruct(
     bit_depth: BitDepthOpt = BitDepthChoice.b24,
     clip: ClipOpt = ClipChoice.rescale,
     device: DeviceOpt = Device.auto,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,

@@ -51,6 +51,12 @@ class OutputOptions:
     format: str | None = None
 
 
+# Measured (benchmarks/RESULTS.md, 2-core CPU): batching chunks is no faster than one chunk per
+# forward on a CPU for any bundled model (0.58-1.00x) and costs memory; on a GPU it is the point.
+DEFAULT_BATCH_CPU = 1
+DEFAULT_BATCH_ACCELERATOR = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class RuntimeOptions:
     """How models run (shared by every task).
@@ -58,13 +64,14 @@ class RuntimeOptions:
     Attributes:
         device: ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (or ``cuda:N``).
         precision: ``fp32`` | ``fp16`` | ``bf16``.
-        batch_size: chunks per forward pass (halved automatically on out-of-memory).
+        batch_size: chunks per forward pass (halved automatically on out-of-memory); None:
+            :data:`DEFAULT_BATCH_CPU` on the CPU, :data:`DEFAULT_BATCH_ACCELERATOR` elsewhere.
         seed: seed of every random draw (outputs are deterministic for a seed).
     """
 
     device: str = "auto"
     precision: str = "fp32"
-    batch_size: int = 4
+    batch_size: int | None = None
     seed: int = 0
 
 

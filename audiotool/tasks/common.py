@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import RuntimeOptions
+from audiotool.tasks._batch import DEFAULT_BATCH_ACCELERATOR, DEFAULT_BATCH_CPU, RuntimeOptions
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,8 @@ class Runtime:
         return cls(
             device=device,
             dtype=resolve_dtype(options.precision, device),
-            batch_size=options.batch_size,
+            batch_size=options.batch_size
+            or (DEFAULT_BATCH_CPU if device.type == "cpu" else DEFAULT_BATCH_ACCELERATOR),
             seed=options.seed,
         )
 

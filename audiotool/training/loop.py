@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -399,7 +400,8 @@ def export(
         "reconstruct": "audio-to-audio",
         "embed": "feature-extraction",
     }.get(recipe.task, "audio")
-    cmd = command or " ".join(shlex.quote(a) for a in sys.argv)
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []
+    cmd = command or " ".join(shlex.quote(a) for a in argv)
     lines = [
         "---",
         "library_name: audiotool",
@@ -431,7 +433,11 @@ def export(
         f"Command: `{cmd}`",
         "",
         "```yaml",
-        json.dumps({k: v for k, v in recipe.to_dict().items() if k != "notes"}, indent=1),
+        yaml.safe_dump(
+            json.loads(json.dumps({k: v for k, v in recipe.to_dict().items() if k != "notes"})),
+            sort_keys=False,
+            default_flow_style=None,
+        ).strip(),
         "```",
         "",
         "## Evaluation",

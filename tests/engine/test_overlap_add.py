@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -115,7 +116,9 @@ def test_incompatible_output_rate_is_clear_error() -> None:
 
 def test_reflect_padding_gives_real_context() -> None:
     # a model that reports the mean of its chunk: with zero padding the edges would drop
-    x = torch.ones(1, 1000)
+    # (1020 samples leave 30 samples of slack in the last chunk; with hop | chunk the padding
+    # stays on the hop grid, so it all goes to the end)
+    x = torch.ones(1, 1020)
 
     def mean_model(c: Tensor) -> Tensor:
         return c.mean(-1, keepdim=True).expand_as(c).contiguous()
@@ -123,7 +126,28 @@ def test_reflect_padding_gives_real_context() -> None:
     y = OverlapAddProcessor(100, 50, 1).process(mean_model, x, 4)["output"]
     assert torch.allclose(y, x, atol=1e-6)
     z = OverlapAddProcessor(100, 50, 1, pad_mode="constant").process(mean_model, x, 4)["output"]
-    assert float(z[0, 0]) < 0.9  # zeros pull the edge down — what reflect avoids
+    assert float(z[0, -1]) < 0.9  # zeros pull the edge down — what reflect avoids
+
+
+@pytest.mark.parametrize(
+    ("length", "chunk", "hop", "context"),
+    [
+        (1000, 100, 50, 0),
+        (1020, 100, 50, 0),
+        (7_938_000, 343_980, 257_985, 0),
+        (5, 100, 50, 0),
+        (1000, 100, 40, 10),
+        (333, 64, 16, 8),
+    ],
+)
+def test_no_more_chunks_than_a_plain_loop(length: int, chunk: int, hop: int, context: int) -> None:
+    """Edge padding uses the last chunk's slack: as many chunks as a demucs-style loop whose
+    chunks keep `context` samples of margin at both file ends."""
+    plan = plan_chunks(length, chunk, hop, context)
+    plain = max(1, math.ceil(max(length + 2 * context - chunk, 0) / hop) + 1)
+    assert plan.n_chunks == plain
+    assert plan.pad_left >= context and plan.pad_right >= context
+    assert plan.pad_left + length + plan.pad_right == (plan.n_chunks - 1) * hop + chunk
 
 
 def test_bf16_accumulates_in_float32() -> None:
