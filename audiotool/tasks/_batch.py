@@ -51,8 +51,9 @@ class OutputOptions:
     format: str | None = None
 
 
-# Measured (benchmarks/RESULTS.md, 2-core CPU): batching chunks is no faster than one chunk per
-# forward on a CPU for any bundled model (0.58-1.00x) and costs memory; on a GPU it is the point.
+# Measured (benchmarks/RESULTS.md, 2-core CPU): on a CPU, batching chunks is within 1% of one
+# chunk per forward at best and up to 37% slower (HDemucs, batch 4), and it costs memory; on a
+# GPU it is the point.
 DEFAULT_BATCH_CPU = 1
 DEFAULT_BATCH_ACCELERATOR = 4
 

@@ -247,3 +247,24 @@ def test_context_identity_any_length() -> None:
         assert torch.allclose(y, x, atol=1e-5)
     with pytest.raises(EngineError, match="context"):
         OverlapAddProcessor(40, 30, 1, context_seconds=8)
+
+
+@pytest.mark.parametrize(
+    ("length", "chunk", "hop"), [(1000, 100, 50), (1237, 128, 40), (77, 64, 64)]
+)
+def test_process_equals_the_unfold_fold_formulation(length: int, chunk: int, hop: int) -> None:
+    """The in-place accumulation is the seed's unfold -> model -> F.fold / summed window."""
+    torch.manual_seed(0)
+    x = torch.randn(2, length)
+
+    def model(c: Tensor) -> Tensor:  # chunk-dependent, so chunk boundaries matter
+        return c * c.mean(-1, keepdim=True) + c.flip(-1)
+
+    got = OverlapAddProcessor(chunk, hop, 1).process(model, x, 3)["output"]
+    plan = plan_chunks(length, chunk, hop)
+    chunks = unfold_chunks(x, plan, "reflect").permute(1, 0, 2)  # (N, C, L)
+    window = taper_window(chunk, min(chunk - hop, chunk // 2))
+    num = fold_chunks(model(chunks), hop, window)
+    den = fold_chunks(torch.ones(plan.n_chunks, 1, chunk), hop, window)
+    want = (num / den)[:, plan.pad_left : plan.pad_left + length]
+    assert torch.allclose(got, want, atol=1e-5)
