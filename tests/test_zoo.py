@@ -1,5 +1,6 @@
-"""The bundled zoo as shipped: every entry loads strictly, fits the size budget, runs, and each
-task's default is an entry; every card says how it was trained and evaluated."""
+"""The bundled zoo as shipped: every entry loads strictly with finite, trained (not initial)
+weights and fits the size budget; each task's default is an entry; every card says how it was
+trained and evaluated; each default runs end to end through the CLI on a bundled clip."""
 
 from __future__ import annotations
 

@@ -120,11 +120,11 @@ def plan_chunks(length: int, chunk: int, hop: int, context: int = 0) -> ChunkPla
     # divided by the summed window.
     n = max(1, math.ceil(max(length + 2 * context - chunk, 0) / hop) + 1)
     total = (n - 1) * hop + chunk - length  # >= 2 * context
-    pad_left = max(context, min(total // 2, context + taper))
-    # keep the padding on the chunk/hop grid so strided models (frames, other rates) map it to
-    # whole output samples, as they do the chunk and the hop
-    grid = math.gcd(math.gcd(chunk, hop), context) if context else math.gcd(chunk, hop)
-    pad_left = max(context, pad_left - pad_left % grid)
+    # on the chunk/hop/context grid, so strided models (frames, other rates) map the padding to
+    # whole output samples as they do the chunk and the hop (gcd(g, 0) = g)
+    grid = math.gcd(chunk, hop, context)
+    half = min(total // 2, context + taper)
+    pad_left = max(context, half - half % grid)
     pad_right = total - pad_left
     return ChunkPlan(length, chunk, hop, pad_left, pad_right, n, context)
 

@@ -433,7 +433,7 @@ def export(
         f"Command: `{cmd}`",
         "",
         "```yaml",
-        yaml.safe_dump(
+        yaml.safe_dump(  # via JSON: tuples become lists, which safe_dump can write
             json.loads(json.dumps({k: v for k, v in recipe.to_dict().items() if k != "notes"})),
             sort_keys=False,
             default_flow_style=None,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from audiotool.errors import ConfigError, UsageError, WeightMismatchError
 from audiotool.hub import build_model, save_pretrained
@@ -42,8 +43,6 @@ def test_encoder_from_copies_the_embedder_weights(tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in rae.encoder.state_dict().items()}
     load_encoder_from(rae, str(folder))
     after = rae.encoder.state_dict()
-    from safetensors.torch import load_file
-
     saved = load_file(str(folder / "model.safetensors"))
     assert set(after) == set(saved)
     assert all(torch.equal(after[k], saved[k]) for k in saved)
