@@ -41,3 +41,54 @@ def test_entry_loads_strictly_and_fits_the_budget(name: str) -> None:
     fresh = build_model(loaded.config).state_dict()
     moved = [k for k, v in fresh.items() if v.is_floating_point() and not torch.equal(v, state[k])]
     assert len(moved) > len(fresh) // 4
+
+
+EXAMPLES = ZOO.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    ("task", "clip", "extra"),
+    [
+        ("upsample", "speech_16k.flac", ["--steps", "2"]),
+        ("separate", "music_44k.flac", []),
+        ("reconstruct", "speech_16k.flac", []),
+        ("embed", "music_44k.flac", []),
+    ],
+)
+def test_each_default_runs_end_to_end_on_a_bundled_clip(
+    task: str,
+    clip: str,
+    extra: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from tests.cli.test_app import run_main
+
+    monkeypatch.delenv("AUDIOTOOL_ZOO", raising=False)  # the shipped zoo, no --model
+    src = EXAMPLES / clip
+    out = tmp_path / ("emb.npz" if task == "embed" else "out")
+    if task in ("upsample", "reconstruct"):
+        out = tmp_path / "out.wav"
+    code, stdout, err = run_main([task, str(src), "-o", str(out), "--json", "-q", *extra], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["counts"]["ok"] == 1
+    info = sf.info(str(src))
+    if task == "embed":
+        with np.load(out) as data:
+            arrays = [data[k] for k in data.files]
+        assert arrays and all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f")
+        return
+    written = sorted(p for p in tmp_path.rglob("*.wav"))
+    assert written
+    for path in written:
+        audio, rate = sf.read(str(path), always_2d=True)
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-4
+        expected_rate = 48000 if task == "upsample" else info.samplerate
+        assert rate == expected_rate
+        assert audio.shape == (round(info.frames * rate / info.samplerate), info.channels)
+    if task == "separate":
+        assert {p.stem for p in written} == {"vocals", "drums", "bass", "other"}
