@@ -36,7 +36,8 @@ from audiotool.cli._options import (
 )
 
 HELP = (
-    "Encode audio with a frozen representation (RAE) and decode it back; reports SI-SDR, "
+    "Encode audio into a model's representation (a learned codec latent, or an RAE's frozen "
+    "encoder) and decode it back; reports SI-SDR, "
     "log-mel distance and multi-resolution STFT distance per file."
 )
 EPILOG = (

@@ -78,6 +78,12 @@ def _audio_branch() -> ModelFamily[Any]:
     return FAMILY
 
 
+def _codec() -> ModelFamily[Any]:
+    from audiotool.models.codec import FAMILY
+
+    return FAMILY
+
+
 def _rae() -> ModelFamily[Any]:
     from audiotool.models.rae import FAMILY
 
@@ -90,6 +96,7 @@ _LOADERS: dict[str, Callable[[], ModelFamily[Any]]] = {
     "hdemucs": _hdemucs,
     "audio_branch": _audio_branch,
     "rae": _rae,
+    "codec": _codec,
 }
 
 #: registered family names -> task (kept in sync with the modules; no torch needed to read)
@@ -99,6 +106,7 @@ FAMILY_TASKS: dict[str, str] = {
     "hdemucs": "separate",
     "audio_branch": "embed",
     "rae": "reconstruct",
+    "codec": "reconstruct",
 }
 
 

@@ -1,4 +1,9 @@
-"""`reconstruct`: encode audio with the RAE's frozen representation and decode it back.
+"""`reconstruct`: encode audio into a model's representation and decode it back.
+
+Two model families serve it: an RAE (:mod:`audiotool.models.rae`: a frozen representation,
+a trained decoder to the mel, a vocoder) and a waveform codec (:mod:`audiotool.models.codec`:
+a learned latent that keeps the phase, an iSTFT decoder). Both map ``(B, T) -> (B, T)`` and
+``encode`` ``(B, T) -> (B, L, D)`` with ``frame_samples`` samples per latent frame.
 
 Per file: every channel at the model rate, chunks through the overlap-add engine (the round
 trip of each chunk, crossfaded), back to the input's rate. Metrics compare the round trip with
@@ -22,7 +27,11 @@ from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, Runti
 from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
 
 if TYPE_CHECKING:
+    from audiotool.models.codec import CodecConfig, WaveCodec
     from audiotool.models.rae import AudioRAE, RAEConfig
+
+    RoundTripModel = AudioRAE | WaveCodec
+    RoundTripConfig = RAEConfig | CodecConfig
 
 DEFAULT_TEMPLATE = "{stem}_{task}.{ext}"
 
@@ -37,8 +46,8 @@ class Reconstruction:
 
 
 def reconstruct_tensor(
-    model: AudioRAE,
-    config: RAEConfig,
+    model: RoundTripModel,
+    config: RoundTripConfig,
     audio: Tensor,
     sample_rate: int,
     *,
@@ -99,14 +108,18 @@ def reconstruct_files(
     from safetensors.torch import save_file
 
     from audiotool.audio import read_audio, write_audio
+    from audiotool.models.codec import CodecConfig, WaveCodec
     from audiotool.models.rae import AudioRAE, RAEConfig
 
     progress = progress or NullProgress()
     rt = Runtime.from_options(runtime)
     loaded = load_task_model(model, "reconstruct", revision=revision, runtime=rt)
     net, cfg = loaded.model, loaded.config
-    if not isinstance(net, AudioRAE) or not isinstance(cfg, RAEConfig):
-        raise UsageError(f"model {loaded.model_id} is not an audio RAE")
+    if not (
+        (isinstance(net, AudioRAE) and isinstance(cfg, RAEConfig))
+        or (isinstance(net, WaveCodec) and isinstance(cfg, CodecConfig))
+    ):
+        raise UsageError(f"model {loaded.model_id} is not a reconstruct model (RAE or codec)")
     if latents_path is not None and latents_path.suffix != ".safetensors":
         raise UsageError("--latents must name a .safetensors file")
     ext = output.format or (

@@ -301,7 +301,13 @@ class EmbedAdapter:
 
 
 class ReconstructAdapter:
-    """Decoder training on real clips (the encoder stays frozen); mel L1."""
+    """Round-trip training on real clips, mono 16 kHz crops of ``data.clip_seconds``.
+
+    An RAE trains its decoder (the encoder stays frozen; mel L1, :func:`rae_loss`); a codec
+    trains encoder and decoder together (:func:`codec_loss`). ``data.extra.gain_range``
+    ``[lo, hi]`` scales each crop by a random gain (default ``[1, 1]``: none), so that the model
+    sees quiet as well as loud audio.
+    """
 
     name = "reconstruct"
     higher_is_better = False
@@ -316,12 +322,20 @@ class ReconstructAdapter:
         return max(fs, int(self.recipe.data.clip_seconds * 16000) // fs * fs)
 
     def prepare(self, model: Any) -> None:
-        """Load the frozen encoder's weights when ``data.extra.encoder_from`` names a trained
-        embed model (an audio-branch RAE over our own embedder: zoo name, folder or Hub repo),
-        then latent normalisation statistics from 32 training crops."""
-        from audiotool.models.rae import compute_latent_stats
+        """RAE only: load the frozen encoder's weights when ``data.extra.encoder_from`` names a
+        trained embed model (an audio-branch RAE over our own embedder: zoo name, folder or Hub
+        repo), then latent normalisation statistics from 32 training crops."""
+        from audiotool.errors import UsageError
+        from audiotool.models.rae import AudioRAE, compute_latent_stats
 
         source = self.recipe.data.extra.get("encoder_from")
+        if not isinstance(model, AudioRAE):
+            if source:
+                raise UsageError(
+                    "data.extra.encoder_from is for RAE models (a frozen encoder)",
+                    hint="a codec trains its own encoder: remove encoder_from from the recipe",
+                )
+            return
         if source:
             load_encoder_from(model, str(source))
         gen = torch.Generator().manual_seed(1234)
@@ -341,23 +355,32 @@ class ReconstructAdapter:
         idx = self.train_set if split == "train" else self.val_set
         length = self._length(model)
         x = torch.cat([idx.random_crop(gen, length, 16000)[0] for _ in range(bs)])
+        lo, hi = (float(g) for g in self.recipe.data.extra.get("gain_range", [1.0, 1.0]))
+        if split == "train" and (lo, hi) != (1.0, 1.0):
+            x = x * (lo + (hi - lo) * torch.rand(bs, 1, generator=gen))
         return x.to(next(model.parameters()).device)
+
+    @staticmethod
+    def _loss_fn(model: Any) -> Any:
+        from audiotool.models.codec import WaveCodec, codec_loss
+        from audiotool.models.rae import rae_loss
+
+        return codec_loss if isinstance(model, WaveCodec) else rae_loss
 
     def loss(
         self, model: Any, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        from audiotool.models.rae import rae_loss
-
-        return rae_loss(model, self._batch(model, batch)), {}
+        return self._loss_fn(model)(model, self._batch(model, batch)), {}
 
     def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
-        from audiotool.models.rae import rae_loss
+        from audiotool.models.codec import WaveCodec
 
+        loss_fn = self._loss_fn(model)
         vals = [
-            float(rae_loss(model, self._batch(model, ("val", 5000 + i, 4))))
+            float(loss_fn(model, self._batch(model, ("val", 5000 + i, 4))))
             for i in range(max_batches)
         ]
-        return {"mel_l1": sum(vals) / len(vals)}
+        return {"loss" if isinstance(model, WaveCodec) else "mel_l1": sum(vals) / len(vals)}
 
     def card_facts(self) -> dict[str, Any]:
         return {"data": _card_data(self.data_dir)}

@@ -72,3 +72,47 @@ def test_recipe_notes_go_into_the_card(tmp_path: Path, test_family: object) -> N
         recipe_from_dict(
             {"task": "upsample", "model": {"family": "test_scale", "preset": "tiny"}, "notes": [1]}
         )
+
+
+def _clip_data(root: Path) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        for i in range(2):
+            x = 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t) + 0.01 * rng.standard_normal(16000)
+            sf.write(root / split / f"c{i}.wav", x.astype(np.float32), 16000)
+    return root
+
+
+def test_codec_trains_end_to_end_and_refuses_encoder_from(tmp_path: Path) -> None:
+    from audiotool.hub import load_model
+    from audiotool.training.adapters import make_adapter
+
+    data = _clip_data(tmp_path / "data")
+    spec = {
+        "task": "reconstruct",
+        "model": {"family": "codec", "preset": "tiny"},
+        "data": {"clip_seconds": 0.25, "extra": {"gain_range": [0.5, 1.0]}},
+        "train": {"steps": 3, "batch_size": 2, "val_every": 3, "val_batches": 1, "log_every": 1},
+    }
+    recipe = recipe_from_dict(spec)
+    out = tmp_path / "codec"
+    adapter = make_adapter(recipe, data)
+    train(recipe, adapter, build=build_model, out_dir=out, device=torch.device("cpu"))
+    model = load_model(str(out)).model
+    assert model.frame_samples == 128
+    import json
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and log[-1]["val_loss"] > 0
+    init = build_model(recipe.model_config())
+    # a crop scaled by the random gain stays within [0.5, 1] x the clip's peak
+    x = adapter._batch(model, ("train", 7, 4))
+    assert x.shape == (4, 3968) and float(x.abs().max()) <= 0.32
+    spec["data"]["extra"] = {"encoder_from": "embed-small"}
+    with pytest.raises(UsageError, match="encoder_from"):
+        make_adapter(recipe_from_dict(spec), data).prepare(init)
