@@ -115,21 +115,25 @@ def csdr(ref: Tensor, est: Tensor, sample_rate: int) -> float:
     return float(np.nanmedian(sdr))
 
 
-def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> float:
-    """Mean absolute difference of log10 mel power spectrograms (80 mels, n_fft 1024, hop 256,
-    floor 1e-5), averaged over channels — a single-scale, DAC-like mel distance (DAC uses 7
-    scales of mel magnitudes)."""
+def log_mel_power(x: Tensor, *, sample_rate: int = 16000) -> Tensor:
+    """log10 mel power spectrogram ``(..., T) -> (..., 80, N)`` (n_fft 1024, hop 256, Hann,
+    centred, floor 1e-5), in ``x``'s dtype and device and differentiable: the representation
+    :func:`log_mel_distance` compares (training losses use it too)."""
     from audiotool.features import mel_basis
 
+    basis = mel_basis(sample_rate, 1024, 80, 0.0, sample_rate / 2).to(x.device, x.dtype)
+    win = torch.hann_window(1024, dtype=x.dtype, device=x.device)
+    spec = torch.stft(x, 1024, 256, window=win, return_complex=True).abs().pow(2)
+    return torch.log10((basis @ spec).clamp(min=1e-5))
+
+
+def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> float:
+    """Mean absolute difference of log10 mel power spectrograms (:func:`log_mel_power`, in
+    float64), averaged over channels — a single-scale, DAC-like mel distance (DAC uses 7
+    scales of mel magnitudes)."""
     r, e = _pair(ref, est)
-    basis = mel_basis(sample_rate, 1024, 80, 0.0, sample_rate / 2).double()
-    win = torch.hann_window(1024, dtype=torch.float64)
-
-    def mel(x: Tensor) -> Tensor:
-        spec = torch.stft(x, 1024, 256, window=win, return_complex=True).abs().pow(2)
-        return torch.log10((basis @ spec).clamp(min=1e-5))
-
-    return float((mel(r) - mel(e)).abs().mean())
+    mel_r = log_mel_power(r, sample_rate=sample_rate)
+    return float((mel_r - log_mel_power(e, sample_rate=sample_rate)).abs().mean())
 
 
 def multi_resolution_stft_distance(
