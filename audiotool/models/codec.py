@@ -14,9 +14,10 @@ latent keeps what the waveform needs.
   strided conv (``down``), ConvNeXt blocks, a linear map to ``D``: ``(B, T) -> (B, L, D)``.
 - Decoder (after Vocos, Siuzdak 2023): a conv + ConvNeXt blocks at the latent rate, a
   transposed conv back to the STFT frame rate, ConvNeXt blocks, a head predicting the compressed
-  real and imaginary parts per bin (Vocos predicts log-magnitude and phase; measured here, the
-  phase was not learnt that way in the same number of steps), decompression, inverse STFT:
-  ``(B, L, D) -> (B, T)``.
+  real and imaginary parts per bin, decompression, inverse STFT: ``(B, L, D) -> (B, T)``. Vocos
+  predicts log-magnitude and phase instead; the real/imaginary head mirrors the encoder's input,
+  so the phase can pass through without wrapping (the polar head was only tried without the
+  phase-sensitive loss terms, where neither head learnt the phase in 200-400 steps).
 
 Training (:func:`codec_loss`) needs no discriminator: multi-resolution STFT, log-mel, a
 compressed-spectrum L1 and the waveform SNR.
