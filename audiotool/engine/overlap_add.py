@@ -129,6 +129,22 @@ def plan_chunks(length: int, chunk: int, hop: int, context: int = 0) -> ChunkPla
     return ChunkPlan(length, chunk, hop, pad_left, pad_right, n, context)
 
 
+def frame_chunking(
+    length: int, rate: int, frame_samples: int, chunk_s: float, hop_s: float
+) -> tuple[float, float]:
+    """Chunk and hop in seconds for a model that emits one frame per ``frame_samples`` samples:
+    both on whole frames (at least one), the hop no longer than the chunk; a signal of
+    ``length`` samples that fits in one chunk becomes one chunk of its own length (rounded up
+    to whole frames), so no model time goes into padding it to a full chunk."""
+    step = frame_samples / rate
+    chunk = max(step, round(chunk_s / step) * step)
+    hop = max(step, min(chunk, round(hop_s / step) * step))
+    clip = math.ceil(length / frame_samples) * step
+    if clip <= chunk:
+        chunk = hop = clip
+    return chunk, hop
+
+
 def taper_window(length: int, taper: int, *, device: torch.device | None = None) -> Tensor:
     """A flat-top window of ``length`` with half-sample-shifted raised-cosine tapers.
 

@@ -12,7 +12,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,16 +65,14 @@ def embed_tensor(
 ) -> Embedding:
     """Embed ``audio`` ``(C, T)`` at ``sample_rate`` (channels are averaged)."""
     from audiotool.audio import resample
-    from audiotool.engine.overlap_add import OverlapAddProcessor
+    from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
 
     rate = config.sample_rate
     x = resample(audio.float().mean(0, keepdim=True), sample_rate, rate, device=runtime.device)
     step = model.frame_samples / rate
-    chunk = max(step, round(config.chunk_seconds / step) * step)
-    hop = max(step, min(chunk, round(config.hop_seconds / step) * step))
-    clip = math.ceil(x.shape[-1] / rate / step) * step
-    if clip <= chunk:  # a short clip is one chunk of its own length (no wasted padding)
-        chunk = hop = clip
+    chunk, hop = frame_chunking(
+        x.shape[-1], rate, model.frame_samples, config.chunk_seconds, config.hop_seconds
+    )
     proc = OverlapAddProcessor(chunk, hop, rate)
     with torch.inference_mode():
         frames = proc.process(

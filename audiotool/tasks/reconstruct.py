@@ -58,14 +58,18 @@ def reconstruct_tensor(
 ) -> Reconstruction:
     """Round-trip ``audio`` ``(C, T)``; see the module docstring."""
     from audiotool.audio import resample
-    from audiotool.engine.overlap_add import OverlapAddProcessor
+    from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
     from audiotool.metrics import log_mel_distance, multi_resolution_stft_distance, si_sdr
 
     rate = config.sample_rate
     x = resample(audio.float(), sample_rate, rate, device=runtime.device)
-    step = model.frame_samples / rate
-    chunk = max(step, round((chunk_seconds or config.chunk_seconds) / step) * step)
-    hop = max(step, min(chunk, round(config.hop_seconds / step) * step))
+    chunk, hop = frame_chunking(
+        x.shape[-1],
+        rate,
+        model.frame_samples,
+        chunk_seconds or config.chunk_seconds,
+        config.hop_seconds,
+    )
     proc = OverlapAddProcessor(chunk, hop, rate)
 
     def chunk_fn(b: Tensor) -> Tensor:  # (N, C, L) -> (N, C, L)

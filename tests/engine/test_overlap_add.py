@@ -268,3 +268,16 @@ def test_process_equals_the_unfold_fold_formulation(length: int, chunk: int, hop
     den = fold_chunks(torch.ones(plan.n_chunks, 1, chunk), hop, window)
     want = (num / den)[:, plan.pad_left : plan.pad_left + length]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_frame_chunking_snaps_to_frames_and_shrinks_for_short_signals() -> None:
+    from audiotool.engine.overlap_add import frame_chunking
+
+    # 320-sample frames at 16 kHz (20 ms): 5.13 s -> 5.12 s, hop 2.57 -> 2.56 (whole frames)
+    chunk, hop = frame_chunking(160000, 16000, 320, 5.13, 2.57)
+    assert (round(chunk, 6), round(hop, 6)) == (5.12, 2.56)
+    # a hop longer than the chunk is cut to the chunk; at least one frame each
+    assert frame_chunking(160000, 16000, 320, 1.0, 3.0) == pytest.approx((1.0, 1.0))
+    assert frame_chunking(160000, 16000, 320, 0.0, 0.0) == pytest.approx((0.02, 0.02))
+    # a 4.01 s signal fits one 5.12 s chunk: one chunk of 4.02 s (whole frames), not 5.12 s
+    assert frame_chunking(64160, 16000, 320, 5.12, 2.56) == pytest.approx((4.02, 4.02))
