@@ -442,7 +442,13 @@ def load_weights(model: nn.Module, path: Path, *, device: str | torch.device = "
             f"{path}: cannot read weights ({exc})",
             hint="re-download it (audiotool models download SPEC) or re-export the model",
         ) from exc
-    check_state_dict(model, state, source=str(path))
+    load_state_strict(model, state, source=str(path))
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` into ``model`` strictly, after :func:`check_state_dict` has listed every
+    problem in one error (``source`` names where the weights came from)."""
+    check_state_dict(model, state, source=source)
     model.load_state_dict(state, strict=True)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from audiotool.errors import ModelLoadError, WeightMismatchError
-from audiotool.hub import check_state_dict
+from audiotool.hub import load_state_strict
 from audiotool.importers import load_pickle_state
 from audiotool.models.hdemucs import PREFIX, PRESETS, HDemucsConfig, HDemucsSeparator, build_model
 
@@ -83,8 +83,7 @@ def convert_hdemucs_checkpoint(
     cfg = infer_config(state, sources)
     model = build_model(cfg)
     prefixed = {PREFIX + k: v for k, v in state.items()}
-    check_state_dict(model, prefixed, source=str(path))
-    model.load_state_dict(prefixed, strict=True)
+    load_state_strict(model, prefixed, source=str(path))
     return model.eval(), cfg
 
 

@@ -395,7 +395,7 @@ def load_encoder_from(model: Any, spec: str) -> None:
         WeightMismatchError: the sizes differ.
     """
     from audiotool.errors import UsageError
-    from audiotool.hub import check_state_dict, load_model
+    from audiotool.hub import load_model, load_state_strict
 
     if getattr(model, "encoder_kind", None) != "audio_branch":
         raise UsageError(
@@ -404,8 +404,7 @@ def load_encoder_from(model: Any, spec: str) -> None:
         )
     source = load_model(spec, task="embed")
     state = source.model.state_dict()
-    check_state_dict(model.encoder, state, source=f"{spec} (encoder_from)")
-    model.encoder.load_state_dict(state, strict=True)
+    load_state_strict(model.encoder, state, source=f"{spec} (encoder_from)")
     log.info("RAE encoder loaded from %s", spec)
 
 
