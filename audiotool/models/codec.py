@@ -205,7 +205,9 @@ def codec_loss(
     spectrum_weight: float = 10.0,
     snr_weight: float = 0.1,
 ) -> Tensor:
-    """Training loss for ``(B, T)`` clips (``T`` a multiple of ``model.frame_samples``).
+    """Training loss for ``(B, T)`` clips (``T`` a multiple of ``model.frame_samples``, at
+    least ``model.min_samples``; the reference spectrum is computed once for the encoder and
+    the spectrum term).
 
     The sum of: Parallel WaveGAN's multi-resolution STFT loss (spectral convergence + log
     magnitude, FFT 512/1024/2048); ``mel_weight`` x L1 between log10 mel power spectra (80
@@ -218,12 +220,19 @@ def codec_loss(
     from audiotool.metrics import log_mel_power
     from audiotool.models.rae import multi_resolution_stft_loss
 
+    t = wave.shape[-1]
+    if t % model.frame_samples or t < model.min_samples:
+        raise InputError(
+            f"training clips need whole latent frames ({model.frame_samples} samples) and at "
+            f"least {model.min_samples} samples, got {t}",
+            hint="set data.clip_seconds to a multiple of the frame length",
+        )
     wave = wave.float()
-    est = model(wave)
+    ref_c = model.compressed(model.stft(wave))
+    est = model.decode(model.encoder(ref_c)[:, : t // model.frame_samples])  # = model(wave)
     loss = multi_resolution_stft_loss(wave, est)
     mel_ref = log_mel_power(wave)
     loss = loss + mel_weight * (mel_ref - log_mel_power(est)).abs().mean()
-    ref_c = model.compressed(model.stft(wave))
     est_c = model.compressed(model.stft(est))
     loss = loss + spectrum_weight * (ref_c - est_c).abs().mean()
     snr = 10 * torch.log10((wave.pow(2).sum(-1) + 1e-8) / ((wave - est).pow(2).sum(-1) + 1e-8))

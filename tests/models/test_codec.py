@@ -84,3 +84,23 @@ def test_saves_and_loads_strictly(tmp_path: Path) -> None:
     ref = _tiny().eval()
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), ref(x), atol=1e-6)
+
+
+def test_loss_reuses_the_reference_spectrum_and_equals_the_forward_round_trip() -> None:
+    """codec_loss decodes from the spectrum it also scores against; that must be exactly
+    the model's own forward (so training optimises what reconstruct runs)."""
+    from audiotool.metrics import log_mel_power
+    from audiotool.models.rae import multi_resolution_stft_loss
+
+    m = _tiny().eval()
+    x = 0.2 * torch.randn(2, 20 * m.frame_samples)
+    with torch.no_grad():
+        est = m(x)
+        expected = multi_resolution_stft_loss(x, est)
+        expected = expected + (log_mel_power(x) - log_mel_power(est)).abs().mean()
+        diff = m.compressed(m.stft(x)) - m.compressed(m.stft(est))
+        snr = 10 * torch.log10((x.pow(2).sum(-1) + 1e-8) / ((x - est).pow(2).sum(-1) + 1e-8))
+        expected = expected + 10.0 * diff.abs().mean() - 0.1 * snr.mean()
+        assert torch.allclose(codec_loss(m, x), expected, rtol=1e-5)
+    with pytest.raises(InputError, match="whole latent frames"):
+        codec_loss(m, torch.randn(1, 20 * m.frame_samples + 1))
