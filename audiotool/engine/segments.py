@@ -1,0 +1,128 @@
+"""Weighted segment inference: the chunking schemes of foreign separators, as pure plans.
+
+Legend: ``C`` channels, ``T`` samples, ``N`` segments, ``L`` samples per model input, ``S``
+stems.
+
+:class:`~audiotool.engine.overlap_add.OverlapAddProcessor` is audiotool's own scheme (flat-top
+window normalised by its sum, reflected edges). Checkpoints trained elsewhere were validated
+with their authors' scheme — demucs' triangular weights with zero-padded context, the
+fade-in/out window of the RoFormer tools (MSST / python-audio-separator) — and matching their
+published numbers means cutting and weighting exactly as they do. A :class:`SegmentPlan` says
+where each segment comes from and how much each of its output samples weighs; one runner,
+:func:`run_segments`, batches the segments through the model (out-of-memory back-off included)
+and returns ``sum_i w_i(t) y_i(t) / sum_i w_i(t)``.
+
+A plan is a small object (no tensor of all segments is ever built), so memory beyond the input
+and output buffers does not grow with the length of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from audiotool.engine.batching import ProgressFn, map_batches
+from audiotool.engine.overlap_add import _as_dict, _expand_kwargs
+from audiotool.errors import EngineError
+
+SegmentModel = Callable[..., Tensor | Mapping[str, Tensor]]
+
+
+class SegmentPlan(Protocol):
+    """How a ``(C, T)`` signal is cut into model inputs and how the outputs are put back.
+
+    Attributes:
+        length: ``T``, the length of the signal and of every output.
+        segment: ``L``, the length of every model input (and output).
+        n_segments: ``N``.
+    """
+
+    length: int
+    segment: int
+    n_segments: int
+
+    def segment_input(self, audio: Tensor, i: int) -> Tensor:
+        """Model input ``i``, ``(C, L)``, cut from ``audio`` ``(C, T)`` (padded as the scheme
+        pads)."""
+        ...
+
+    def placement(self, i: int, device: torch.device) -> tuple[int, Tensor]:
+        """Where output ``i`` goes: ``(start, weight)``; sample ``j`` of the segment's output
+        lands at ``start + j`` (positions outside ``[0, T)`` are dropped) with weight
+        ``weight[j]`` (``(L,)``, zero for samples the scheme discards)."""
+        ...
+
+
+def run_segments(
+    model: SegmentModel,
+    audio: Tensor,
+    plan: SegmentPlan,
+    *,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: ProgressFn | None = None,
+    **model_kwargs: Any,
+) -> dict[str, Tensor]:
+    """Run ``model`` over the segments of ``audio`` ``(C, T)`` and combine them by weight.
+
+    ``model`` gets ``(b, C, L)`` mini-batches (plus ``model_kwargs``, moved to the device, a
+    leading dimension of 1 expanded to ``b``) and returns ``(b, C', L)`` or
+    ``{key: (b, C', L)}``. Under ``dtype`` (bf16/fp16) the model runs under autocast; weights
+    and sums stay float32.
+
+    Returns:
+        ``{key: (C', T)}`` float32 on ``audio``'s device.
+
+    Raises:
+        EngineError: for a bad shape, or an output sample no segment gives weight to.
+    """
+    if audio.dim() != 2:
+        raise EngineError(f"audio must be (C, T), got shape {tuple(audio.shape)}")
+    if int(audio.shape[-1]) != plan.length:
+        raise EngineError(f"the plan is for {plan.length} samples, got {audio.shape[-1]}")
+    home = audio.device
+    dev = torch.device(device) if device is not None else home
+    length, seg = plan.length, plan.segment
+    buffers: dict[str, Tensor] = {}
+    total_weight = torch.zeros(length, device=dev)
+
+    with torch.inference_mode():
+        signal = audio.to(dev)
+        moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
+
+        def run(start: int, stop: int) -> dict[str, Tensor]:
+            batch = torch.stack([plan.segment_input(signal, i) for i in range(start, stop)])
+            kwargs = _expand_kwargs(moved, stop - start)
+            if dtype is not None:
+                with torch.autocast(device_type=dev.type, dtype=dtype):
+                    out = model(batch, **kwargs)
+            else:
+                out = model(batch, **kwargs)
+            return _as_dict(out, stop - start)
+
+        def add(start: int, stop: int, outputs: dict[str, Tensor]) -> None:
+            for i in range(start, stop):
+                pos, weight = plan.placement(i, dev)
+                lo, hi = max(pos, 0), min(pos + seg, length)
+                if lo >= hi:
+                    continue
+                w = weight[lo - pos : hi - pos]
+                total_weight[lo:hi] += w
+                for key, y in outputs.items():
+                    if y.shape[-1] != seg:
+                        raise EngineError(
+                            f"model output '{key}' has {y.shape[-1]} samples per {seg}-sample "
+                            "segment; this scheme needs outputs as long as the inputs"
+                        )
+                    if key not in buffers:
+                        buffers[key] = torch.zeros(int(y.shape[1]), length, device=dev)
+                    buffers[key][:, lo:hi].addcmul_(y[i - start, :, lo - pos : hi - pos].float(), w)
+
+        map_batches(run, plan.n_segments, batch_size, on_done=add, progress=progress)
+        if bool((total_weight <= 0).any()):
+            raise EngineError("the segment plan leaves samples without weight")
+        return {k: (v / total_weight).to(home) for k, v in buffers.items()}
