@@ -82,6 +82,59 @@ def map_audiosr_state(
     return out
 
 
+#: the checkpoint file of the Hub repos ``haoheliu/audiosr_basic`` and ``haoheliu/audiosr_speech``
+CHECKPOINT_NAME = "pytorch_model.bin"
+#: (config field, reference tensor, axis) the widths of a checkpoint are read from
+_WIDTHS = (
+    ("vae_ch", "first_stage_model.encoder.conv_in.weight", 0),
+    ("model_channels", "model.diffusion_model.input_blocks.0.0.weight", 0),
+    ("hifigan_channels", "first_stage_model.vocoder.conv_pre.weight", 0),
+)
+
+
+def infer_config(state: dict[str, torch.Tensor], *, source: str) -> LatentDiffusionConfig:
+    """AudioSR's architecture with the widths found in ``state`` (the published checkpoints
+    give AudioSR's own: 128 / 128 / 1536; everything else is AudioSR's fixed layout, which
+    :func:`map_audiosr_state` then checks tensor by tensor).
+
+    Raises:
+        WeightMismatchError: a tensor the widths are read from is missing.
+    """
+    missing = [key for _, key, _ in _WIDTHS if key not in state]
+    if missing:
+        raise WeightMismatchError(
+            f"{source}: not an AudioSR checkpoint (no {', '.join(missing)})", missing=missing
+        )
+    widths = {field: int(state[key].shape[axis]) for field, key, axis in _WIDTHS}
+    return audiosr_config().replace(**widths)
+
+
+def detect(folder: Path, files: list[str]) -> bool:
+    """A folder laid out like AudioSR's Hub repos: ``pytorch_model.bin`` and no ``config.json``
+    (a ``transformers`` repo has one). The pickle itself is only read by :func:`convert_folder`.
+    """
+    return CHECKPOINT_NAME in files and "config.json" not in files
+
+
+def convert_folder(
+    folder: Path, *, file: str | None = None
+) -> tuple[LatentDiffusionConfig, dict[str, torch.Tensor]]:
+    """Convert the AudioSR checkpoint in ``folder`` (``file``, default ``pytorch_model.bin``).
+
+    Returns:
+        Our config (widths read from the checkpoint, ``scale_factor`` from its buffer) and the
+        complete state dict of :func:`~audiotool.models.latent_diffusion.build_model` for it.
+    """
+    path = Path(folder) / (file or CHECKPOINT_NAME)
+    state = load_pickle_state(path, key="state_dict")
+    cfg = infer_config(state, source=str(path))
+    if "scale_factor" in state:
+        cfg = cfg.replace(scale_factor=float(state["scale_factor"]))
+    with torch.device("meta"):  # names and shapes only: no 258 M random parameters drawn
+        shapes = build_model(cfg)
+    return cfg, map_audiosr_state(state, shapes, source=str(path))
+
+
 def convert_audiosr_checkpoint(
     path: Path, *, global_encoder: bool = False, config: LatentDiffusionConfig | None = None
 ) -> tuple[LatentDiffusion, LatentDiffusionConfig]:

@@ -98,3 +98,31 @@ def test_no_state_dict_entry(tmp_path: Path) -> None:
     torch.save({"model": {}}, path)
     with pytest.raises(ModelLoadError, match="state_dict"):
         convert_audiosr_checkpoint(path, config=reduced_audiosr())
+
+
+def test_folder_import_reads_widths_and_matches_the_file_import(tmp_path: Path) -> None:
+    from audiotool.importers.audiosr import convert_folder, detect
+
+    path, state = _reference_checkpoint(tmp_path)
+    assert detect(tmp_path, ["pytorch_model.bin", "README.md"])
+    assert not detect(tmp_path, ["pytorch_model.bin", "config.json"])  # a transformers repo
+    cfg, converted = convert_folder(tmp_path)
+    ref = reduced_audiosr()
+    assert (cfg.vae_ch, cfg.model_channels, cfg.hifigan_channels) == (
+        ref.vae_ch,
+        ref.model_channels,
+        ref.hifigan_channels,
+    )
+    model = build_model(cfg)
+    model.load_state_dict(converted, strict=True)
+    for k, v in model.state_dict().items():
+        if k != "scale_factor":
+            assert torch.equal(v, state[k]), k
+
+
+def test_folder_import_refuses_a_foreign_pickle(tmp_path: Path) -> None:
+    from audiotool.importers.audiosr import convert_folder
+
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(WeightMismatchError, match="not an AudioSR checkpoint"):
+        convert_folder(tmp_path)
