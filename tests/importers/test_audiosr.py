@@ -103,7 +103,7 @@ def test_no_state_dict_entry(tmp_path: Path) -> None:
 def test_folder_import_reads_widths_and_matches_the_file_import(tmp_path: Path) -> None:
     from audiotool.importers.audiosr import convert_folder, detect
 
-    path, state = _reference_checkpoint(tmp_path)
+    _, state = _reference_checkpoint(tmp_path)
     assert detect(tmp_path, ["pytorch_model.bin", "README.md"])
     assert not detect(tmp_path, ["pytorch_model.bin", "config.json"])  # a transformers repo
     cfg, converted = convert_folder(tmp_path)
