@@ -243,9 +243,7 @@ class DecLayer(nn.Module):
         self.pad = kernel_size // 4 if pad else 0
         self.last, self.freq, self.chin, self.empty = last, freq, chin, empty
         if freq:
-            self.conv_tr: nn.Module = nn.ConvTranspose2d(
-                chin, chout, (kernel_size, 1), (stride, 1)
-            )
+            self.conv_tr: nn.Module = nn.ConvTranspose2d(chin, chout, (kernel_size, 1), (stride, 1))
         else:
             self.conv_tr = nn.ConvTranspose1d(chin, chout, kernel_size, stride)
         self.norm2 = _norm(norm, norm_groups, chout)
