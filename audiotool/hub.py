@@ -306,7 +306,7 @@ def _resolve_local(path: Path, spec: str, *, file: str | None) -> ResolvedSpec:
         if layout is not None:
             needed = layout.needed(files, file)
             ids = {n: _local_file_id(folder / n) for n in needed}
-            key = {"folder": str(folder.resolve()), "file": file, "files": ids}
+            key = {"folder": str(folder.resolve()), "files": ids}
             converted = _converted(folder, layout, file, key, label=folder.name, spec=spec)
             return ResolvedSpec(
                 spec=spec, folder=converted, source="local", origin=folder, layout=layout.name
@@ -465,7 +465,6 @@ def _resolve_hub(
     key = {
         "repo": repo_id,
         "revision": commit,
-        "file": file,
         "files": {n: _local_file_id(folder / n) for n in needed},
     }
     converted = _converted(folder, layout, file, key, label=repo_id, spec=spec)

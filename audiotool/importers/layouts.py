@@ -10,6 +10,8 @@ A layout is one importer module exposing ``LAYOUT = Layout(...)`` plus one line 
    listed before anything is downloaded), so decide from the names.
 2. ``needed(files, file)``: the files ``convert`` reads (download patterns for
    :func:`huggingface_hub.snapshot_download`); ``file`` is the ``:FILE`` part of the spec.
+   The converted cache is keyed by these files' hashes (not by ``file``), so they must
+   determine the result: name the chosen checkpoint, not every checkpoint of the repo.
 3. ``convert(folder, file=...)``: read them from ``folder`` and return an
    :class:`ImportedModel`. Raise :class:`~audiotool.errors.UnsupportedCheckpointError` (one
    line, exit code 2) for anything the layout does not support.

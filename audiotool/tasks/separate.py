@@ -286,7 +286,7 @@ def _separate_demucs(
             )
             for s in stems:
                 y = out[s][..., lead:].to(runtime.device) * std + mean
-                if len(groups) > 1:
+                if c_in != int(config.audio_channels):
                     total[s][gi] += y.mean(0)
                 else:
                     total[s] += y

@@ -59,7 +59,11 @@ def _encode(value: Any) -> Any:
 
 
 def export_safetensors(
-    model: torch.nn.Module, path: Path, *, klass: str | None = None, extra: dict[str, str] | None = None
+    model: torch.nn.Module,
+    path: Path,
+    *,
+    klass: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` as demucs 4.1's Hub export does: the state dict plus metadata
     ``klass``, ``args``, ``kwargs`` (JSON, fractions encoded)."""
@@ -85,7 +89,9 @@ def bag_yaml(name: str, sigs: list[str], weights: list[list[float]] | None = Non
     return text
 
 
-def write_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], sha: str | None = None) -> Path:
+def write_hub_repo(
+    cache: Path, repo_id: str, files: dict[str, bytes], sha: str | None = None
+) -> Path:
     """Put ``files`` into a huggingface_hub cache as it lays them out: blobs named by content
     hash, ``snapshots/<sha>/<name>`` symlinks, ``refs/main``. Returns the snapshot folder."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
@@ -128,7 +134,10 @@ def publish(
 
 
 def reference_separate(
-    models: list[torch.nn.Module], mix: torch.Tensor, *, weights: list[list[float]] | None = None,
+    models: list[torch.nn.Module],
+    mix: torch.Tensor,
+    *,
+    weights: list[list[float]] | None = None,
     overlap: float = 0.25,
 ) -> torch.Tensor:
     """demucs' own path: ``Separator`` normalisation + ``apply_model(split=True, shifts=0)``.
