@@ -301,7 +301,9 @@ def _resolve_local(path: Path, spec: str, *, file: str | None) -> ResolvedSpec:
     if not ours or file is not None:
         from audiotool.importers.layouts import find_layout
 
-        files = [file] if file is not None else _list_files(folder)
+        files = _list_files(folder)
+        if file is not None and file not in files and f"{file}.yaml" not in files:
+            raise ModelNotFoundError(f"model '{spec}': {folder} has no file '{file}'")
         layout = find_layout(folder, files)
         if layout is not None:
             needed = layout.needed(files, file)
