@@ -116,9 +116,9 @@ def info_model(
         "size_bytes": weights.stat().st_size,
         "config": config.to_dict(),
     }
-    stems = getattr(config, "stems", None)
+    stems: list[str] = list(getattr(config, "stems", None) or [])
     if stems:
-        data["stems"] = list(stems)
+        data["stems"] = stems
     segment = getattr(config, "segment_samples", None)
     if segment:
         data["segment_seconds"] = round(int(segment) / config.sample_rate, 4)
@@ -132,8 +132,8 @@ def info_model(
     for key in ("id", "source", "converted_from", "path", "family", "task", "sample_rate"):
         if key in data:
             stdout.print(f"{key:>12}: {data[key]}", markup=False)
-    if "stems" in data:
-        stdout.print(f"{'stems':>12}: {', '.join(data['stems'])}", markup=False)
+    if stems:
+        stdout.print(f"{'stems':>12}: {', '.join(stems)}", markup=False)
     if "segment_seconds" in data:
         stdout.print(f"{'segment':>12}: {data['segment_seconds']} s", markup=False)
     stdout.print(f"{'parameters':>12}: {data['parameters']:,}", markup=False)

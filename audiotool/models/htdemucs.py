@@ -662,6 +662,8 @@ class HTDemucsBag(nn.Module):
     stem ``s`` = ``sum_k w[k][s] y_k[s] / sum_k w[k][s]`` (demucs' ``BagOfModels``). Its
     state-dict keys are ``models.<k>.<demucs key>``."""
 
+    weights: Tensor
+
     def __init__(self, cfg: HTDemucsConfig) -> None:
         super().__init__()
         self.sources = tuple(cfg.stems)
@@ -673,6 +675,7 @@ class HTDemucsBag(nn.Module):
     def forward(self, mix: Tensor) -> dict[str, Tensor]:
         total: Tensor | None = None
         for k, model in enumerate(self.models):
+            assert isinstance(model, HTDemucs)
             w = self.weights[k].to(mix.dtype)[None, :, None, None]
             y = model.separate(mix) * w
             total = y if total is None else total + y

@@ -271,7 +271,8 @@ def _separate_demucs(
         ref = g.mean(0)
         mean, std = ref.mean(), ref.std() + 1e-8
         norm = (g - mean) / std
-        for shift in shifts or [None]:
+        passes: list[int | None] = list(shifts) if shifts else [None]
+        for shift in passes:
             lead = 0 if shift is None else max_shift - shift
             padded = torch.nn.functional.pad(norm, (lead, 0)) if lead else norm
             plan = DemucsPlan(int(padded.shape[-1]), segment, overlap)
@@ -328,12 +329,27 @@ class EnsembleConfig:
         return int(self.members[0].config.sample_rate)
 
 
+class EnsembleModule(torch.nn.Module):
+    """The members' modules, held together (they run through :func:`separate_tensor` one by
+    one, each with its own scheme; calling this module directly is an error)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, mix: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError("separate an ensemble with separate_tensor(model, config, ...)")
+
+
 @dataclasses.dataclass
 class LoadedEnsemble:
-    """Several loaded separators used as one (``model`` is None; see ``config.members``)."""
+    """Several loaded separators used as one (see ``config.members``)."""
 
     config: EnsembleConfig
-    model: None = None
+
+    @property
+    def model(self) -> EnsembleModule:
+        return EnsembleModule([m.model for m in self.config.members])
 
     @property
     def model_id(self) -> str:

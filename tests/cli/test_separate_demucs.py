@@ -12,13 +12,13 @@ import torch
 
 pytest.importorskip("demucs")
 
-from audiotool.cli.app import main  # noqa: E402
-from tests.importers.demucs_export import (  # noqa: E402
+from audiotool.cli.app import main
+from tests.importers.demucs_export import (
     RATE,
     STEMS4,
     STEMS6,
-    export_safetensors,
     bag_yaml,
+    export_safetensors,
     make_htdemucs,
     publish,
     reference_separate,

@@ -11,10 +11,10 @@ import torch
 
 pytest.importorskip("demucs")
 
-from audiotool.errors import UnsupportedCheckpointError  # noqa: E402
-from audiotool.importers import demucs as imp  # noqa: E402
-from audiotool.importers.layouts import find_layout, resolve_alias  # noqa: E402
-from tests.importers.demucs_export import (  # noqa: E402
+from audiotool.errors import UnsupportedCheckpointError
+from audiotool.importers import demucs as imp
+from audiotool.importers.layouts import find_layout, resolve_alias
+from tests.importers.demucs_export import (
     bag_yaml,
     export_safetensors,
     make_htdemucs,

@@ -9,10 +9,10 @@ import torch
 
 pytest.importorskip("demucs")
 
-from audiotool.engine.segments import DemucsPlan, run_segments  # noqa: E402
-from audiotool.importers.demucs import _model_config  # noqa: E402
-from audiotool.models.htdemucs import HTDemucs, HTDemucsBag, build_model  # noqa: E402
-from tests.importers.demucs_export import STEMS6, make_htdemucs, tiny_kwargs  # noqa: E402
+from audiotool.engine.segments import DemucsPlan, run_segments
+from audiotool.importers.demucs import _model_config
+from audiotool.models.htdemucs import HTDemucs, HTDemucsBag, build_model
+from tests.importers.demucs_export import STEMS6, make_htdemucs, tiny_kwargs
 
 
 def _ours(ref: torch.nn.Module) -> torch.nn.Module:
