@@ -90,3 +90,10 @@ class EngineError(AudiotoolError):
 
 class DeviceOutOfMemoryError(EngineError):
     """The device ran out of memory even with a mini-batch of one chunk."""
+
+
+class UnsupportedCheckpointError(ModelLoadError):
+    """A foreign checkpoint audiotool refuses to import (unknown class, quantized, unexpected
+    pickle content, weights that do not fit): a usage error, exit code 2."""
+
+    exit_code = 2

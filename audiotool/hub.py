@@ -5,12 +5,21 @@ A model spec is one of (tried in this order):
 1. a local folder holding ``config.json`` + ``model.safetensors`` (our format), or a file in
    such a folder (``model.safetensors`` or ``config.json``);
 2. a name from the bundled model zoo (``audiotool models list``);
-3. ``org/name[@revision]``: a Hugging Face Hub repository, resolved with
+3. ``org/name[@revision][:FILE]``: a Hugging Face Hub repository, resolved with
    :func:`huggingface_hub.snapshot_download` (its cache, ``HF_HOME`` / ``HF_HUB_CACHE``,
-   ``HF_HUB_OFFLINE`` and ``local_files_only`` are honoured; nothing is cached by hand).
+   ``HF_HUB_OFFLINE`` and ``local_files_only`` are honoured);
+4. a short name a foreign layout publishes under (``htdemucs_ft`` -> ``adefossez/HTDemucs-ft``,
+   see :func:`audiotool.importers.layouts.resolve_alias`); zoo names keep priority.
+
+A repo or folder without our ``config.json`` is recognised by a foreign layout
+(:mod:`audiotool.importers.layouts`: demucs, ...) from its file names and converted once; the
+result (our format) is cached under ``$AUDIOTOOL_CACHE/converted`` (default
+``~/.cache/audiotool``), keyed by repo, revision, ``FILE``, layout version and the hashes of
+the files read, so later runs load it directly, offline. ``:FILE`` picks one checkpoint of a
+repo (or folder) holding several.
 
 Pickle files (``.bin``, ``.ckpt``, ``.pt``, ``.th``, ...) are never loaded here; the importers
-of public checkpoints (``audiotool models convert``) read them with ``weights_only=True``.
+of public checkpoints read them with ``weights_only=True`` or a restricted unpickler.
 
 Only the functions that build or load a model import torch.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +57,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".th", ".pkl", ".pickle")
-_HUB_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+_HUB_RE = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?(?::(?P<file>[^:]+))?$"
+)
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -147,12 +159,16 @@ class ResolvedSpec:
         folder: local folder with ``config.json`` and ``model.safetensors``.
         source: ``"local"``, ``"zoo"`` or ``"hub"``.
         revision: the Hub commit the files come from (hub only).
+        origin: for a converted foreign checkpoint, the folder (snapshot) it came from.
+        layout: for a converted foreign checkpoint, the layout's name (``"demucs"``).
     """
 
     spec: str
     folder: Path
     source: str
     revision: str | None = None
+    origin: Path | None = None
+    layout: str | None = None
 
     @property
     def model_id(self) -> str:
@@ -217,7 +233,11 @@ def resolve(
         raise UsageError("empty model spec", hint="see `audiotool models list`")
     path = Path(spec).expanduser()
     if path.exists():
-        return ResolvedSpec(spec=spec, folder=_local_folder(path, spec), source="local")
+        return _resolve_local(path, spec, file=None)
+    if ":" in spec:
+        head, _, tail = spec.rpartition(":")
+        if head and Path(head).expanduser().is_dir():
+            return _resolve_local(Path(head).expanduser(), spec, file=tail)
     if _looks_like_path(spec):
         raise ModelNotFoundError(
             f"model '{spec}': no such file or folder",
@@ -230,6 +250,18 @@ def resolve(
             if revision:
                 raise UsageError(f"--revision does not apply to the zoo model '{spec}'")
             return ResolvedSpec(spec=spec, folder=_check_folder(zoo, spec), source="zoo")
+        from audiotool.importers.layouts import resolve_alias
+
+        hit = resolve_alias(spec)
+        if hit is not None:
+            return _resolve_hub(
+                spec,
+                hit[0],
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=_offline() if local_files_only is None else local_files_only,
+                file=hit[1],
+            )
         names = [e.name for e in zoo_entries()]
         close = difflib.get_close_matches(spec, names, n=3)
         hint = f"did you mean {close}?" if close else f"zoo models: {names or 'none'}"
@@ -255,7 +287,101 @@ def resolve(
         revision=spec_rev or revision,
         cache_dir=cache_dir,
         local_files_only=_offline() if local_files_only is None else local_files_only,
+        file=match.group("file"),
     )
+
+
+def _resolve_local(path: Path, spec: str, *, file: str | None) -> ResolvedSpec:
+    """A local folder or file: ours, or a foreign layout converted once (``file`` picks one
+    checkpoint of the folder; a foreign checkpoint file given directly is picked the same way)."""
+    folder = path.parent if path.is_file() else path
+    if path.is_file() and path.name not in (CONFIG_NAME, WEIGHTS_NAME):
+        file = path.name
+    ours = (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
+    if not ours or file is not None:
+        from audiotool.importers.layouts import find_layout
+
+        files = _list_files(folder)
+        if file is not None and file not in files and f"{file}.yaml" not in files:
+            raise ModelNotFoundError(f"model '{spec}': {folder} has no file '{file}'")
+        layout = find_layout(folder, files)
+        if layout is not None:
+            needed = layout.needed(files, file)
+            ids = {n: _local_file_id(folder / n) for n in needed}
+            key = {"folder": str(folder.resolve()), "files": ids}
+            converted = _converted(folder, layout, file, key, label=folder.name, spec=spec)
+            return ResolvedSpec(
+                spec=spec, folder=converted, source="local", origin=folder, layout=layout.name
+            )
+    return ResolvedSpec(spec=spec, folder=_local_folder(path, spec), source="local")
+
+
+def _list_files(folder: Path) -> list[str]:
+    """Relative POSIX paths of the files under ``folder`` (hidden ones and ``.cache`` left out)."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            out.append(rel.as_posix())
+    return out
+
+
+def _local_file_id(path: Path) -> str:
+    """Identity of a local file for the conversion cache: HF blob name or size + mtime."""
+    if not path.is_file():
+        return "missing"
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "blobs":
+        return real.name
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def converted_cache_dir() -> Path:
+    """Where converted foreign checkpoints live: ``$AUDIOTOOL_CACHE/converted`` (default
+    ``~/.cache/audiotool/converted``; ``XDG_CACHE_HOME`` honoured)."""
+    root = os.environ.get("AUDIOTOOL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "audiotool"
+    )
+    return Path(root).expanduser() / "converted"
+
+
+def _converted(
+    folder: Path,
+    layout: Any,
+    file: str | None,
+    key: dict[str, Any],
+    *,
+    label: str,
+    spec: str,
+) -> Path:
+    """The cached conversion of ``folder`` by ``layout``, made now if absent (atomically)."""
+    import shutil
+    import tempfile
+
+    full = {"layout": layout.name, "version": layout.version, **key}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:20]
+    safe = re.sub(r"[^\w.-]+", "--", label).strip("-") or "model"
+    out = converted_cache_dir() / safe / digest
+    if (out / CONFIG_NAME).is_file() and (out / WEIGHTS_NAME).is_file():
+        log.info("%s: using the converted copy in %s", spec, out)
+        return out
+    log.info("%s: converting the %s checkpoint once into %s", spec, layout.name, out)
+    imported = layout.convert(folder, file=file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=out.parent))
+    try:
+        save_pretrained(imported.model, imported.config, tmp, card=imported.card)
+        _write_text_atomic(tmp / "source.json", json.dumps({"spec": spec, **full}, indent=2))
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first
+            if not (out / CONFIG_NAME).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _local_folder(path: Path, spec: str) -> Path:
@@ -295,7 +421,92 @@ def _resolve_hub(
     revision: str | None,
     cache_dir: str | Path | None,
     local_files_only: bool,
+    file: str | None = None,
 ) -> ResolvedSpec:
+    cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir()
+    folder = _snapshot(
+        spec,
+        repo_id,
+        revision=revision,
+        cache=cache,
+        local_files_only=local_files_only,
+        patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+    )
+    commit = folder.name
+    if file is None and (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+        return ResolvedSpec(spec=spec, folder=folder, source="hub", revision=commit)
+    from audiotool.importers.layouts import find_layout
+
+    files = _list_files(folder) if local_files_only else _repo_files(spec, repo_id, commit)
+    if file is not None and file not in files and not local_files_only:
+        raise ModelNotFoundError(
+            f"model '{spec}': the repo has no file '{file}'",
+            hint=f"it holds {', '.join(files[:12])}",
+        )
+    layout = find_layout(folder, files)
+    if layout is None:
+        return ResolvedSpec(
+            spec=spec, folder=_check_folder(folder, spec), source="hub", revision=commit
+        )
+    needed = layout.needed(files, file)
+    if not local_files_only:
+        folder = _snapshot(
+            spec,
+            repo_id,
+            revision=commit,
+            cache=cache,
+            local_files_only=False,
+            patterns=needed,
+        )
+    missing = [n for n in needed if not (folder / n).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"model '{spec}': {', '.join(missing)} not in the cache {cache} and offline mode is on",
+            hint=f"run `audiotool models download {spec}` on a machine with internet",
+        )
+    key = {
+        "repo": repo_id,
+        "revision": commit,
+        "files": {n: _local_file_id(folder / n) for n in needed},
+    }
+    converted = _converted(folder, layout, file, key, label=repo_id, spec=spec)
+    return ResolvedSpec(
+        spec=spec,
+        folder=converted,
+        source="hub",
+        revision=commit,
+        origin=folder,
+        layout=layout.name,
+    )
+
+
+def _repo_files(spec: str, repo_id: str, revision: str) -> list[str]:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return sorted(
+            HfApi(library_name="audiotool", library_version=__version__).list_repo_files(
+                repo_id, revision=revision
+            )
+        )
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelNotFoundError(
+            f"model '{spec}': cannot list the repo's files: {exc}",
+            hint="retry, or use HF_HUB_OFFLINE=1 with a filled cache",
+        ) from exc
+
+
+def _snapshot(
+    spec: str,
+    repo_id: str,
+    *,
+    revision: str | None,
+    cache: Path,
+    local_files_only: bool,
+    patterns: list[str],
+) -> Path:
+    """:func:`huggingface_hub.snapshot_download` of ``patterns``, errors mapped to ours."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -305,14 +516,13 @@ def _resolve_hub(
         RevisionNotFoundError,
     )
 
-    cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir()
     try:
         folder = snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=str(cache),
             local_files_only=local_files_only,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+            allow_patterns=patterns,
             library_name="audiotool",
             library_version=__version__,
         )
@@ -343,13 +553,7 @@ def _resolve_hub(
             f"model '{spec}': download failed: {exc}",
             hint="retry, or use a local folder / HF_HUB_OFFLINE=1 with a filled cache",
         ) from exc
-    folder_path = Path(folder)
-    return ResolvedSpec(
-        spec=spec,
-        folder=_check_folder(folder_path, spec),
-        source="hub",
-        revision=folder_path.name,
-    )
+    return Path(folder)
 
 
 # --------------------------------------------------------------------------- config + weights

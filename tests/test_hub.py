@@ -193,3 +193,39 @@ def test_save_pretrained_is_atomic_and_complete(tmp_path: Path, test_family: obj
         "config.json",
         "model.safetensors",
     ]
+
+
+# --------------------------------------------------------------------------- foreign layouts
+
+
+def test_foreign_local_folder_converted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("demucs")
+    import torch
+
+    from audiotool.hub import load_model, resolve
+    from tests.importers.demucs_export import bag_yaml, export_safetensors, make_htdemucs
+
+    monkeypatch.setenv("AUDIOTOOL_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "demucs_repo"
+    repo.mkdir()
+    export_safetensors(make_htdemucs(0), repo / "s1.safetensors")
+    export_safetensors(make_htdemucs(1), repo / "s2.safetensors")
+    (repo / "one.yaml").write_text(bag_yaml("one", ["s1"]))
+    (repo / "two.yaml").write_text(bag_yaml("two", ["s1", "s2"]))
+    with pytest.raises(Exception, match="several"):
+        resolve(str(repo))
+    first = resolve(f"{repo}:two.yaml")
+    assert first.layout == "demucs" and first.origin == repo
+    assert first.folder.is_relative_to(tmp_path / "cache" / "converted")
+    loaded = load_model(f"{repo}:two", task="separate")
+    assert loaded.config.bag_weights == ((1.0,) * 4,) * 2
+    assert resolve(f"{repo}:two.yaml").folder == first.folder
+    torch.save(
+        {"klass": object, "args": [], "kwargs": {}, "state": {}}, repo / "legacy.th"
+    )  # builtins.object is not admitted
+    from audiotool.errors import UnsupportedCheckpointError
+
+    with pytest.raises(UnsupportedCheckpointError, match="object"):
+        resolve(str(repo / "legacy.th"))

@@ -116,13 +116,26 @@ def info_model(
         "size_bytes": weights.stat().st_size,
         "config": config.to_dict(),
     }
+    stems: list[str] = list(getattr(config, "stems", None) or [])
+    if stems:
+        data["stems"] = stems
+    segment = getattr(config, "segment_samples", None)
+    if segment:
+        data["segment_seconds"] = round(int(segment) / config.sample_rate, 4)
+    if resolved.layout is not None:
+        data["converted_from"] = f"{resolved.layout}: {resolved.origin}"
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
         return
     from audiotool.cli._report import stdout
 
-    for key in ("id", "source", "path", "family", "task", "sample_rate"):
-        stdout.print(f"{key:>12}: {data[key]}", markup=False)
+    for key in ("id", "source", "converted_from", "path", "family", "task", "sample_rate"):
+        if key in data:
+            stdout.print(f"{key:>12}: {data[key]}", markup=False)
+    if stems:
+        stdout.print(f"{'stems':>12}: {', '.join(stems)}", markup=False)
+    if "segment_seconds" in data:
+        stdout.print(f"{'segment':>12}: {data['segment_seconds']} s", markup=False)
     stdout.print(f"{'parameters':>12}: {data['parameters']:,}", markup=False)
     stdout.print(f"{'size':>12}: {_size(weights.stat().st_size)}", markup=False)
     if card.is_file():

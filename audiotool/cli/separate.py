@@ -23,7 +23,6 @@ from audiotool.cli._options import (
     FormatOpt,
     InputsArg,
     JsonOpt,
-    ModelOpt,
     OutputOpt,
     OverwriteOpt,
     PrecisionChoice,
@@ -45,7 +44,10 @@ EPILOG = (
     "  audiotool separate song.wav\n\n"
     "  audiotool separate song.flac --stems vocals --residual -o stems/\n\n"
     "  audiotool separate album/ -o stems/ --filename '{track}_{stem}.{ext}' --format flac\n\n"
-    "  audiotool separate song.wav --shifts 2 --mixture-consistent --bit-depth 32f --clip none"
+    "  audiotool separate song.wav --shifts 2 --mixture-consistent --bit-depth 32f --clip none\n\n"
+    "  audiotool separate song.flac --model adefossez/HTDemucs-ft -o stems/\n\n"
+    "  audiotool separate song.flac --model htdemucs_6s --stems guitar,piano\n\n"
+    "  audiotool separate song.flac --model htdemucs --model htdemucs_ft --ensemble avg"
 )
 
 
@@ -64,7 +66,24 @@ def separate(
         ),
     ] = False,
     filename: FilenameOpt = None,
-    model: ModelOpt = None,
+    model: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model: zoo name (audiotool models list), local folder, org/name[@rev][:FILE] "
+            "on the Hugging Face Hub, or a demucs name (htdemucs, htdemucs_ft, htdemucs_6s). "
+            "Repeat it (or give a comma list) for an ensemble. Default: the zoo's model.",
+        ),
+    ] = None,
+    ensemble: Annotated[
+        str,
+        typer.Option(
+            "--ensemble",
+            help="How several --model combine: avg (waveform mean), median, max_spec, min_spec.",
+            rich_help_panel=RUN,
+        ),
+    ] = "avg",
     revision: RevisionOpt = None,
     chunk_seconds: ChunkSecondsOpt = None,
     overlap: Annotated[
@@ -135,6 +154,7 @@ def separate(
         mixture_consistent=mixture_consistent,
         query=query,
         query_model=query_model,
+        ensemble=ensemble,
     )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     with progress_bars(quiet=quiet) as bars:

@@ -126,3 +126,48 @@ def run_segments(
         if bool((total_weight <= 0).any()):
             raise EngineError("the segment plan leaves samples without weight")
         return {k: (v / total_weight).to(home) for k, v in buffers.items()}
+
+
+class DemucsPlan:
+    """demucs' ``apply_model(..., split=True, overlap, transition_power=1, shifts=0)`` cutting.
+
+    Segments of ``segment`` samples start every ``stride = int((1 - overlap) * segment)``
+    samples from 0 while the start is inside the signal. A segment that runs past the end
+    keeps only ``n = T - offset`` samples of output, and its input is centred on them: it
+    starts ``(segment - n) // 2`` samples early (real signal where there is some, zeros before
+    0 and after ``T``). Each kept output sample is weighted by a triangle
+    ``[1, 2, ..., segment // 2, segment - segment // 2, ..., 1] / max`` indexed from the first
+    kept sample (Défossez et al., demucs ``apply.py``).
+    """
+
+    def __init__(self, length: int, segment: int, overlap: float) -> None:
+        if segment <= 0 or length <= 0:
+            raise EngineError(f"need a positive length and segment, got {length}, {segment}")
+        if not 0.0 <= overlap < 1.0:
+            raise EngineError(f"overlap must be in [0, 1), got {overlap}")
+        self.length, self.segment = length, segment
+        self.stride = int((1 - overlap) * segment)
+        if self.stride <= 0:
+            raise EngineError(f"overlap {overlap} leaves no stride for {segment}-sample segments")
+        self.n_segments = len(range(0, length, self.stride))
+        half = segment // 2
+        tri = torch.cat([torch.arange(1, half + 1), torch.arange(segment - half, 0, -1)])
+        self._tri = tri / tri.max()
+
+    def _span(self, i: int) -> tuple[int, int, int]:
+        """(input start, kept samples, first kept sample of the output) of segment ``i``."""
+        offset = i * self.stride
+        kept = min(self.length - offset, self.segment)
+        lead = (self.segment - kept) // 2
+        return offset - lead, kept, lead
+
+    def segment_input(self, audio: Tensor, i: int) -> Tensor:
+        start, _, _ = self._span(i)
+        lo, hi = max(start, 0), min(start + self.segment, self.length)
+        return torch.nn.functional.pad(audio[:, lo:hi], (lo - start, start + self.segment - hi))
+
+    def placement(self, i: int, device: torch.device) -> tuple[int, Tensor]:
+        start, kept, lead = self._span(i)
+        weight = torch.zeros(self.segment, device=device)
+        weight[lead : lead + kept] = self._tri[:kept].to(device)
+        return start, weight

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -54,6 +54,13 @@ class SeparateOptions:
             ``query_source="reference"``): its embedding conditions every chunk.
         query_model: the embed model that turns the query (or, for ``query_source="mixture"``,
             the whole mixture) into the conditioning vector; default: the zoo's embed model.
+        ensemble: how the stems of several models combine (one of :data:`ENSEMBLE_METHODS`):
+            ``avg`` waveform mean, ``median`` waveform median, ``max_spec`` / ``min_spec``
+            per STFT bin the estimate of largest / smallest magnitude.
+
+    For demucs-scheme families (``htdemucs``) ``overlap`` defaults to the model's 0.25,
+    ``chunk_seconds`` may only shorten the training segment, ``hop_seconds`` does not apply and
+    ``shifts=N`` means N randomly shifted passes, as in demucs.
     """
 
     stems: tuple[str, ...] | None = None
@@ -65,6 +72,10 @@ class SeparateOptions:
     mixture_consistent: bool = False
     query: Path | None = None
     query_model: str | None = None
+    ensemble: str = "avg"
+
+
+ENSEMBLE_METHODS = ("avg", "median", "max_spec", "min_spec")
 
 
 def model_stems(config: Any) -> tuple[str, ...]:
@@ -144,6 +155,14 @@ def separate_tensor(
     from audiotool.audio import resample
     from audiotool.engine.overlap_add import OverlapAddProcessor
 
+    if isinstance(config, EnsembleConfig):
+        return _separate_ensemble(
+            model, config, audio, sample_rate, options=options, runtime=runtime, progress=progress
+        )
+    if getattr(config, "family", None) in DEMUCS_SCHEME:
+        return _separate_demucs(
+            model, config, audio, sample_rate, options=options, runtime=runtime, progress=progress
+        )
     rate = int(config.sample_rate)
     model_channels = int(getattr(config, "audio_channels", 2))
     chunk, hop = chunk_plan(config, options)
@@ -194,6 +213,269 @@ def separate_tensor(
     return back
 
 
+#: families cut and weighted as demucs' ``apply_model`` does (see :class:`DemucsPlan`)
+DEMUCS_SCHEME = frozenset({"htdemucs"})
+
+
+def _channel_groups(x: Tensor, model_channels: int) -> list[Tensor]:
+    """The model inputs ``(C_m, T)`` for a ``(C, T)`` mixture: itself when the channel counts
+    match, else each channel on its own, duplicated to ``C_m`` (its stems averaged back)."""
+    if x.shape[0] == model_channels:
+        return [x]
+    return [x[c : c + 1].expand(model_channels, -1) for c in range(x.shape[0])]
+
+
+def _separate_demucs(
+    model: nn.Module,
+    config: Any,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: Progress | None = None,
+) -> dict[str, Tensor]:
+    """:func:`separate_tensor` for demucs-scheme models: the mixture is standardised by the
+    mean/std of its channel mean (demucs' ``Separator``), cut by
+    :class:`~audiotool.engine.segments.DemucsPlan`, and de-standardised."""
+    from audiotool.audio import resample
+    from audiotool.engine.segments import DemucsPlan, run_segments
+
+    rate = int(config.sample_rate)
+    if options.hop_seconds is not None:
+        raise UsageError(f"--hop-seconds does not apply to {config.family} models; use --overlap")
+    overlap = float(config.default_overlap) if options.overlap is None else options.overlap
+    if not 0.0 <= overlap < 1.0:
+        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
+    segment = int(config.segment_samples)
+    if options.chunk_seconds is not None:
+        wanted = int(options.chunk_seconds * rate)
+        if not 0 < wanted <= segment:
+            raise UsageError(
+                f"--chunk-seconds must be in (0, {segment / rate:.2f}] for this model "
+                "(its training segment)"
+            )
+        segment = wanted
+    c_in, length = int(audio.shape[0]), int(audio.shape[-1])
+    x = resample(audio, sample_rate, rate, device=runtime.device)
+    max_shift = int(0.5 * rate)
+    gen = torch.Generator().manual_seed(runtime.seed)
+    shifts = [
+        int(torch.randint(0, max_shift + 1, (1,), generator=gen)) for _ in range(options.shifts)
+    ]
+    stems = model_stems(config)
+    groups = _channel_groups(x, int(config.audio_channels))
+    total = {s: torch.zeros(c_in, x.shape[-1], device=runtime.device) for s in stems}
+    chunks_cb = chunk_progress(progress)
+    for gi, g in enumerate(groups):
+        ref = g.mean(0)
+        mean, std = ref.mean(), ref.std() + 1e-8
+        norm = (g - mean) / std
+        passes: list[int | None] = list(shifts) if shifts else [None]
+        for shift in passes:
+            lead = 0 if shift is None else max_shift - shift
+            padded = torch.nn.functional.pad(norm, (lead, 0)) if lead else norm
+            plan = DemucsPlan(int(padded.shape[-1]), segment, overlap)
+            out = run_segments(
+                model,
+                padded,
+                plan,
+                batch_size=runtime.batch_size,
+                device=runtime.device,
+                dtype=runtime.dtype,
+                progress=chunks_cb,
+            )
+            for s in stems:
+                y = out[s][..., lead:].to(runtime.device) * std + mean
+                if c_in != int(config.audio_channels):
+                    total[s][gi] += y.mean(0)
+                else:
+                    total[s] += y
+    result = {s: v / max(len(shifts), 1) for s, v in total.items()}
+    if options.mixture_consistent:
+        excess = (x - sum(result.values())) / len(stems)
+        result = {s: v + excess for s, v in result.items()}
+    back = {
+        s: resample(v, rate, sample_rate)[..., :length].float().cpu() for s, v in result.items()
+    }
+    for s, v in back.items():
+        if v.shape[-1] < length:
+            back[s] = torch.nn.functional.pad(v, (0, length - v.shape[-1]))
+    return back
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    """What :func:`separate_tensor` needs to know of an ensemble of separators.
+
+    Attributes:
+        members: the loaded models.
+        stems: the stems every member produces (in the first model's order) and that are kept.
+        method: one of :data:`ENSEMBLE_METHODS`.
+    """
+
+    family: ClassVar[str] = "ensemble"
+    task: ClassVar[str] = "separate"
+
+    members: tuple[LoadedModel, ...]
+    stems: tuple[str, ...]
+    method: str
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.members[0].config.sample_rate)
+
+
+class EnsembleModule(torch.nn.Module):
+    """The members' modules, held together (they run through :func:`separate_tensor` one by
+    one, each with its own scheme; calling this module directly is an error)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, mix: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError("separate an ensemble with separate_tensor(model, config, ...)")
+
+
+@dataclasses.dataclass
+class LoadedEnsemble:
+    """Several loaded separators used as one (see ``config.members``)."""
+
+    config: EnsembleConfig
+
+    @property
+    def model(self) -> EnsembleModule:
+        return EnsembleModule([m.model for m in self.config.members])
+
+    @property
+    def model_id(self) -> str:
+        return "+".join(m.model_id for m in self.config.members)
+
+
+def _check_scheme_options(config: Any, options: SeparateOptions) -> None:
+    """Refuse options a demucs-scheme model cannot honour before any file is read."""
+    if getattr(config, "family", None) not in DEMUCS_SCHEME:
+        return
+    if options.hop_seconds is not None:
+        raise UsageError(f"--hop-seconds does not apply to {config.family} models; use --overlap")
+    seg = int(config.segment_samples) / int(config.sample_rate)
+    if options.chunk_seconds is not None and not 0 < options.chunk_seconds <= seg:
+        raise UsageError(f"--chunk-seconds must be in (0, {seg:.2f}] for {config.family} models")
+
+
+def split_specs(specs: str | Sequence[str] | None) -> list[str]:
+    """``--model`` values (repeatable, each possibly a comma list) -> specs."""
+    if specs is None:
+        return []
+    items = [specs] if isinstance(specs, str) else list(specs)
+    return [p.strip() for item in items for p in item.split(",") if p.strip()]
+
+
+def load_separator(
+    specs: str | Sequence[str] | None,
+    *,
+    revision: str | None,
+    runtime: Runtime,
+    options: SeparateOptions,
+) -> LoadedModel | LoadedEnsemble:
+    """Load one separator, or several as an ensemble (checked before anything runs).
+
+    Raises:
+        UsageError: unknown ``--ensemble`` method, or a ``--stems`` stem that some model does
+            not produce (the error names the model), or models with no stem in common.
+    """
+    if options.ensemble not in ENSEMBLE_METHODS:
+        raise UsageError(
+            f"--ensemble must be one of {list(ENSEMBLE_METHODS)}, got '{options.ensemble}'"
+        )
+    names = split_specs(specs)
+    if len(names) <= 1:
+        single = load_task_model(
+            names[0] if names else None, "separate", revision=revision, runtime=runtime
+        )
+        _check_scheme_options(single.config, options)
+        return single
+    members = tuple(
+        load_task_model(n, "separate", revision=revision, runtime=runtime) for n in names
+    )
+    for m in members:
+        _check_scheme_options(m.config, options)
+    produced = [model_stems(m.config) for m in members]
+    for stem in options.stems or ():
+        for name, have in zip(names, produced, strict=True):
+            if stem not in have:
+                raise UsageError(
+                    f"--stems {stem}: model '{name}' does not produce it",
+                    hint=f"it produces {', '.join(have)}",
+                )
+    common = tuple(s for s in produced[0] if all(s in p for p in produced[1:]))
+    if not common:
+        raise UsageError(f"the models {names} have no stem in common")
+    return LoadedEnsemble(EnsembleConfig(members=members, stems=common, method=options.ensemble))
+
+
+def combine_stems(estimates: Sequence[Tensor], method: str) -> Tensor:
+    """Combine ``K`` estimates ``(C, T)`` of one stem into one ``(C, T)``.
+
+    ``avg``: mean; ``median``: sample-wise median (mean of the two middle values for even K);
+    ``max_spec`` / ``min_spec``: per STFT bin (2048-point Hann, hop 512) the complex value of
+    the estimate with the largest / smallest magnitude, inverted with the iSTFT.
+    """
+    stack = torch.stack(list(estimates))
+    if method == "avg":
+        return stack.mean(0)
+    if method == "median":
+        ordered = stack.sort(0).values
+        k = ordered.shape[0]
+        return ordered[k // 2] if k % 2 else (ordered[k // 2 - 1] + ordered[k // 2]) / 2
+    if method in ("max_spec", "min_spec"):
+        k, c, t = stack.shape
+        n_fft = 2048
+        window = torch.hann_window(n_fft, device=stack.device)
+        spec = torch.stft(
+            stack.reshape(k * c, t), n_fft, 512, window=window, return_complex=True
+        ).view(k, c, n_fft // 2 + 1, -1)
+        mag = spec.abs()
+        pick = (mag.argmax(0) if method == "max_spec" else mag.argmin(0))[None]
+        chosen = torch.gather(spec, 0, pick)[0]
+        return torch.istft(chosen, n_fft, 512, window=window, length=t)
+    raise UsageError(f"--ensemble must be one of {list(ENSEMBLE_METHODS)}, got '{method}'")
+
+
+def _separate_ensemble(
+    model: Any,
+    config: EnsembleConfig,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: Progress | None = None,
+) -> dict[str, Tensor]:
+    """Every member separates ``audio``; each kept stem combines by ``config.method``."""
+    per_model = [
+        separate_tensor(
+            m.model,
+            m.config,
+            audio,
+            sample_rate,
+            options=dataclasses.replace(options, mixture_consistent=False),
+            runtime=runtime,
+            progress=progress,
+        )
+        for m in config.members
+    ]
+    out = {s: combine_stems([p[s] for p in per_model], config.method) for s in config.stems}
+    if options.mixture_consistent:
+        excess = (audio - sum(out.values())) / len(out)
+        out = {s: v + excess for s, v in out.items()}
+    return out
+
+
 ContextFn = Callable[[Tensor, int], dict[str, Tensor]]
 
 
@@ -241,19 +523,21 @@ def _query_context(config: Any, options: SeparateOptions, runtime: Runtime) -> C
 def separate_files(
     inputs: ExpandedInputs,
     *,
-    model: str | None = None,
+    model: str | Sequence[str] | None = None,
     revision: str | None = None,
     options: SeparateOptions = SeparateOptions(),
     output: OutputOptions = OutputOptions(),
     runtime: RuntimeOptions = RuntimeOptions(),
     progress: Progress | None = None,
 ) -> BatchReport:
-    """Separate every input file and write its stems (the ``audiotool separate`` command)."""
+    """Separate every input file and write its stems (the ``audiotool separate`` command).
+
+    ``model`` may list several specs: their stems are combined by ``options.ensemble``."""
     from audiotool.audio import read_audio, write_audio
 
     progress = progress or NullProgress()
     rt = Runtime.from_options(runtime)
-    loaded: LoadedModel = load_task_model(model, "separate", revision=revision, runtime=rt)
+    loaded = load_separator(model, revision=revision, runtime=rt, options=options)
     available = model_stems(loaded.config)
     chosen = choose_stems(available, options.stems)
     chunk_plan(loaded.config, options)  # validate options before the first file
