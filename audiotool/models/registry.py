@@ -72,6 +72,12 @@ def _hdemucs() -> ModelFamily[Any]:
     return FAMILY
 
 
+def _roformer() -> ModelFamily[Any]:
+    from audiotool.models.roformer import FAMILY
+
+    return FAMILY
+
+
 def _audio_branch() -> ModelFamily[Any]:
     from audiotool.models.audio_branch import FAMILY
 
@@ -94,6 +100,7 @@ _LOADERS: dict[str, Callable[[], ModelFamily[Any]]] = {
     "latent_diffusion": _latent_diffusion,
     "bandsplit": _bandsplit,
     "hdemucs": _hdemucs,
+    "roformer": _roformer,
     "audio_branch": _audio_branch,
     "rae": _rae,
     "codec": _codec,
@@ -104,6 +111,7 @@ FAMILY_TASKS: dict[str, str] = {
     "latent_diffusion": "upsample",
     "bandsplit": "separate",
     "hdemucs": "separate",
+    "roformer": "separate",
     "audio_branch": "embed",
     "rae": "reconstruct",
     "codec": "reconstruct",
