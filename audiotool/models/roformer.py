@@ -135,7 +135,8 @@ class Transformer(nn.Module):
         self.norm: nn.Module = RMSNorm(dim) if norm_output else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        for attn, ff in self.layers:  # type: ignore[misc]
+        for pair in self.layers:
+            attn, ff = pair.children()
             x = attn(x) + x
             x = ff(x) + x
         return self.norm(x)
@@ -325,7 +326,8 @@ class RoformerSeparator(nn.Module):
         picked = torch.view_as_real(spec[:, self.freq_index])  # (B, sum bins, N, 2)
         x = self.band_split(picked.transpose(1, 2).reshape(b, n, -1))  # (B, N, K, D)
         k, d = x.shape[2], x.shape[3]
-        for time_tf, freq_tf in self.layers:  # type: ignore[misc]
+        for block in self.layers:
+            time_tf, freq_tf = block.children()
             x = time_tf(x.transpose(1, 2).reshape(b * k, n, d)).reshape(b, k, n, d)
             x = freq_tf(x.transpose(1, 2).reshape(b * n, k, d)).reshape(b, n, k, d)
         if self.final_norm is not None:
