@@ -90,3 +90,16 @@ class EngineError(AudiotoolError):
 
 class DeviceOutOfMemoryError(EngineError):
     """The device ran out of memory even with a mini-batch of one chunk."""
+
+
+class CheckpointImportError(ModelLoadError):
+    """A foreign checkpoint (and its config) that an importer refuses: a pickle that needs
+    code, a config that disagrees with the weights, an unsupported option (exit code 2: the
+    user picked files that do not go together)."""
+
+    exit_code = 2
+
+
+class CheckpointMismatchError(CheckpointImportError, WeightMismatchError):
+    """An imported checkpoint whose keys or shapes do not match the model its config builds
+    (the lists of keys as in :class:`WeightMismatchError`; exit code 2)."""
