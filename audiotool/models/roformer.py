@@ -335,7 +335,7 @@ class RoformerSeparator(nn.Module):
         out: dict[str, Tensor] = {}
         for stem, estimator in zip(self.stems, self.mask_estimators, strict=True):
             m = estimator(x).reshape(b, n, -1, 2).transpose(1, 2)  # (B, sum bins, N, 2)
-            mask = torch.view_as_complex(m.contiguous())
+            mask = torch.view_as_complex(m.float().contiguous())  # fp32 under autocast
             if self.variant == "mel":  # average the masks of bins in several bands
                 full = torch.zeros_like(spec).index_add_(1, self.freq_index, mask)
                 mask = full / self.bands_per_bin.clamp(min=1e-8)[:, None]
