@@ -6,7 +6,7 @@ stems.
 :class:`~audiotool.engine.overlap_add.OverlapAddProcessor` is audiotool's own scheme (flat-top
 window normalised by its sum, reflected edges). Checkpoints trained elsewhere were validated
 with their authors' scheme — demucs' triangular weights with zero-padded context, the
-fade-in/out window of the RoFormer tools (MSST / python-audio-separator) — and matching their
+Hamming-weighted, end-aligned chunks of python-audio-separator's RoFormer demix — and matching their
 published numbers means cutting and weighting exactly as they do. A :class:`SegmentPlan` says
 where each segment comes from and how much each of its output samples weighs; one runner,
 :func:`run_segments`, batches the segments through the model (out-of-memory back-off included)
