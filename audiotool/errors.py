@@ -93,7 +93,13 @@ class DeviceOutOfMemoryError(EngineError):
 
 
 class UnsupportedCheckpointError(ModelLoadError):
-    """A foreign checkpoint audiotool refuses to import (unknown class, quantized, unexpected
-    pickle content, weights that do not fit): a usage error, exit code 2."""
+    """A foreign checkpoint (and its config) that an importer refuses: unknown class, quantized,
+    a pickle that needs code, a config that disagrees with the weights, an unsupported option
+    (exit code 2: the user picked files audiotool cannot run)."""
 
     exit_code = 2
+
+
+class CheckpointMismatchError(UnsupportedCheckpointError, WeightMismatchError):
+    """An imported checkpoint whose keys or shapes do not match the model its config builds
+    (the lists of keys as in :class:`WeightMismatchError`; exit code 2)."""

@@ -175,6 +175,7 @@ def download_model(
 CONVERTERS = {
     "audiosr": "AudioSR pytorch_model.bin (haoheliu/audiosr_basic, audiosr_speech)",
     "hdemucs": "torchaudio HDemucs state dict (e.g. HDEMUCS_HIGH_MUSDB weights)",
+    "roformer": "BS-/Mel-Band-RoFormer .ckpt/.pth + MSST YAML (--config), as for audio-separator",
 }
 
 
@@ -183,12 +184,17 @@ CONVERTERS = {
     epilog="Examples:\n\n"
     "  audiotool models convert audiosr pytorch_model.bin -o models/audiosr-basic\n\n"
     "  audiotool models convert audiosr pytorch_model.bin -o audiosr-global --global-encoder\n\n"
-    "  audiotool models convert hdemucs hdemucs_high.pt -o hdemucs-high",
+    "  audiotool models convert hdemucs hdemucs_high.pt -o hdemucs-high\n\n"
+    "  audiotool models convert roformer model_bs_roformer.ckpt --config config.yaml -o bs-rof",
 )
 def convert_model(
     kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(CONVERTERS)}.")],
     checkpoint: Annotated[Path, typer.Argument(help="The pickle checkpoint to read.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="roformer: the model's MSST YAML config."),
+    ] = None,
     global_encoder: Annotated[
         bool, typer.Option("--global-encoder", help="audiosr: add the (untrained) global encoder.")
     ] = False,
@@ -203,7 +209,18 @@ def convert_model(
         raise UsageError(f"unknown checkpoint kind {kind!r}", hint=f"one of {list(CONVERTERS)}")
     if (output / "model.safetensors").exists() and not overwrite:
         raise OutputExistsError(f"{output} already holds a model", hint="pass --overwrite")
-    if kind == "audiosr":
+    if (config is not None) != (kind == "roformer"):
+        raise UsageError(
+            "--config is needed for roformer checkpoints (their MSST YAML)"
+            if kind == "roformer"
+            else f"--config is only for roformer checkpoints, not {kind}"
+        )
+    if kind == "roformer":
+        from audiotool.importers.roformer import import_roformer
+
+        assert config is not None
+        folder = import_roformer(checkpoint, config, output)
+    elif kind == "audiosr":
         from audiotool.importers.audiosr import import_audiosr
 
         folder = import_audiosr(checkpoint, output, global_encoder=global_encoder)

@@ -88,7 +88,12 @@ def separate(
     chunk_seconds: ChunkSecondsOpt = None,
     overlap: Annotated[
         Optional[float],  # noqa: UP045
-        typer.Option("--overlap", help="Chunk overlap as a fraction (0-1).", rich_help_panel=RUN),
+        typer.Option(
+            "--overlap",
+            help="Chunk overlap as a fraction (0-1); RoFormer models also take MSST's "
+            "num_overlap (a whole number >= 1).",
+            rich_help_panel=RUN,
+        ),
     ] = None,
     hop_seconds: Annotated[
         Optional[float],  # noqa: UP045

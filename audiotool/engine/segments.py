@@ -6,7 +6,7 @@ stems.
 :class:`~audiotool.engine.overlap_add.OverlapAddProcessor` is audiotool's own scheme (flat-top
 window normalised by its sum, reflected edges). Checkpoints trained elsewhere were validated
 with their authors' scheme — demucs' triangular weights with zero-padded context, the
-fade-in/out window of the RoFormer tools (MSST / python-audio-separator) — and matching their
+Hamming-weighted, end-aligned chunks of python-audio-separator's RoFormer demix — and matching their
 published numbers means cutting and weighting exactly as they do. A :class:`SegmentPlan` says
 where each segment comes from and how much each of its output samples weighs; one runner,
 :func:`run_segments`, batches the segments through the model (out-of-memory back-off included)
@@ -171,3 +171,54 @@ class DemucsPlan:
         weight = torch.zeros(self.segment, device=device)
         weight[lead : lead + kept] = self._tri[:kept].to(device)
         return start, weight
+
+
+class RoformerPlan:
+    """The RoFormer chunking of python-audio-separator 0.47.1 (``MDXCSeparator.demix``).
+
+    Chunks of ``chunk`` samples start every ``step`` samples (``step = chunk // num_overlap``
+    there) while they end before the signal does; the last chunk is aligned to the end of the
+    signal (``T - chunk``, unless that start is already planned). Nothing is padded: a signal
+    shorter than a chunk is one segment of its own length. Every output is weighted by a
+    symmetric Hamming window of ``chunk`` samples (its first ``L`` values for a short signal)
+    and the sum divided by the summed weights.
+
+    Unlike MSST's scheme (reflect-padded borders, fade-in/out window) the borders are not
+    padded: the Hamming window never reaches zero (0.08 at its ends), so every sample keeps
+    some weight.
+
+    Args:
+        length: ``T`` (at least 1).
+        chunk: samples per chunk (the model's ``chunk_size``).
+        step: samples between chunk starts, ``1 <= step <= chunk``.
+    """
+
+    def __init__(self, length: int, *, chunk: int, step: int) -> None:
+        if length < 1:
+            raise EngineError(f"cannot cut {length} samples into segments")
+        if chunk < 1 or not 1 <= step <= chunk:
+            raise EngineError(f"need chunk >= 1 and 1 <= step <= chunk, got {chunk} and {step}")
+        self.length, self.chunk, self.step = length, chunk, step
+        self.segment = min(chunk, length)
+        starts: list[int] = []
+        for offset in range(0, length, step):
+            if offset + chunk >= length:
+                tail = max(length - chunk, 0)
+                if not starts or starts[-1] != tail:
+                    starts.append(tail)
+                break
+            starts.append(offset)
+        self.starts = starts
+        self.n_segments = len(starts)
+        window = torch.hamming_window(chunk, periodic=False, dtype=torch.float64)
+        self._window = window[: self.segment].float()
+        self._on: dict[torch.device, Tensor] = {}
+
+    def segment_input(self, audio: Tensor, i: int) -> Tensor:
+        start = self.starts[i]
+        return audio[:, start : start + self.segment]
+
+    def placement(self, i: int, device: torch.device) -> tuple[int, Tensor]:
+        if device not in self._on:
+            self._on[device] = self._window.to(device)
+        return self.starts[i], self._on[device]

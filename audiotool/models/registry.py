@@ -78,6 +78,12 @@ def _htdemucs() -> ModelFamily[Any]:
     return FAMILY
 
 
+def _roformer() -> ModelFamily[Any]:
+    from audiotool.models.roformer import FAMILY
+
+    return FAMILY
+
+
 def _audio_branch() -> ModelFamily[Any]:
     from audiotool.models.audio_branch import FAMILY
 
@@ -101,6 +107,7 @@ _LOADERS: dict[str, Callable[[], ModelFamily[Any]]] = {
     "bandsplit": _bandsplit,
     "hdemucs": _hdemucs,
     "htdemucs": _htdemucs,
+    "roformer": _roformer,
     "audio_branch": _audio_branch,
     "rae": _rae,
     "codec": _codec,
@@ -112,6 +119,7 @@ FAMILY_TASKS: dict[str, str] = {
     "bandsplit": "separate",
     "hdemucs": "separate",
     "htdemucs": "separate",
+    "roformer": "separate",
     "audio_branch": "embed",
     "rae": "reconstruct",
     "codec": "reconstruct",

@@ -106,8 +106,52 @@ def residual_name(chosen: Sequence[str]) -> str:
     return f"no_{chosen[0]}" if len(chosen) == 1 else "rest"
 
 
+#: families chunked with their reference's own scheme (engine.segments) instead of overlap-add
+SEGMENT_FAMILIES = frozenset({"roformer"})
+
+
+def segment_chunking(config: Any, options: SeparateOptions) -> tuple[int, int]:
+    """(chunk, step) in samples for the ``roformer`` family (python-audio-separator's scheme).
+
+    Defaults: the model's ``chunk_size`` and ``chunk_size // num_overlap``. ``--chunk-seconds``
+    is rounded to whole STFT hops; ``--overlap N`` with N >= 1 (an integer) is MSST's
+    ``num_overlap`` (step ``chunk // N``), a fraction in [0, 1) gives step ``chunk * (1 - o)``;
+    ``--hop-seconds`` gives the step directly.
+    """
+    rate, hop = int(config.sample_rate), int(config.stft_hop_length)
+    chunk = int(config.chunk_size)
+    if options.chunk_seconds is not None:
+        if options.chunk_seconds <= 0:
+            raise UsageError(f"--chunk-seconds must be positive, got {options.chunk_seconds:g}")
+        chunk = hop * max(1, round(options.chunk_seconds * rate / hop))
+    if options.overlap is not None and options.hop_seconds is not None:
+        raise UsageError("give either --overlap or --hop-seconds, not both")
+    if options.hop_seconds is not None:
+        step = round(options.hop_seconds * rate)
+    elif options.overlap is not None:
+        o = options.overlap
+        if o >= 1:
+            if o != int(o):
+                raise UsageError(
+                    f"--overlap must be a fraction in [0, 1) or a whole num_overlap, got {o:g}"
+                )
+            step = chunk // int(o)
+        elif o >= 0:
+            step = max(1, round(chunk * (1.0 - o)))
+        else:
+            raise UsageError(f"--overlap must not be negative, got {o:g}")
+    else:
+        step = chunk // int(config.num_overlap)
+    if not 1 <= step <= chunk:
+        raise UsageError(f"the hop must be in [1, {chunk}] samples (the chunk), got {step}")
+    return chunk, step
+
+
 def chunk_plan(config: Any, options: SeparateOptions) -> tuple[float, float]:
     """(chunk_seconds, hop_seconds) from the options and the model's defaults."""
+    if getattr(config, "family", "") in SEGMENT_FAMILIES:
+        chunk_n, step_n = segment_chunking(config, options)
+        return chunk_n / config.sample_rate, step_n / config.sample_rate
     chunk = options.chunk_seconds or float(getattr(config, "default_chunk_seconds", 6.0))
     if options.overlap is not None and options.hop_seconds is not None:
         raise UsageError("give either --overlap or --hop-seconds, not both")
@@ -166,6 +210,7 @@ def separate_tensor(
     rate = int(config.sample_rate)
     model_channels = int(getattr(config, "audio_channels", 2))
     chunk, hop = chunk_plan(config, options)
+    segment_plan = getattr(config, "family", "") in SEGMENT_FAMILIES
     c_in, length = int(audio.shape[0]), int(audio.shape[-1])
     # channel policy: matching count -> as is; otherwise every input channel separately
     # (duplicated to the model's channel count, averaged back)
@@ -173,6 +218,34 @@ def separate_tensor(
     x = resample(audio, sample_rate, rate, device=runtime.device)
     processor = OverlapAddProcessor(chunk, hop, rate)
     kwargs = dict(model_kwargs or {})
+    chunks_cb = chunk_progress(progress)
+
+    def run(signal: Tensor) -> dict[str, Tensor]:
+        if segment_plan:  # the reference's own chunking and weights
+            from audiotool.engine.segments import RoformerPlan, run_segments
+
+            chunk_n, step_n = segment_chunking(config, options)
+            plan = RoformerPlan(int(signal.shape[-1]), chunk=chunk_n, step=step_n)
+            return run_segments(
+                model,
+                signal,
+                plan,
+                batch_size=runtime.batch_size,
+                device=runtime.device,
+                dtype=runtime.dtype,
+                progress=chunks_cb,
+                **kwargs,
+            )
+        return processor.process(
+            model,
+            signal,
+            runtime.batch_size,
+            runtime.device,
+            dtype=runtime.dtype,
+            progress=chunks_cb,
+            **kwargs,
+        )
+
     gen = torch.Generator().manual_seed(runtime.seed)
     offsets = [0] + [
         int(torch.randint(0, int(MAX_SHIFT_SECONDS * rate), (1,), generator=gen))
@@ -180,20 +253,11 @@ def separate_tensor(
     ]
     stems = model_stems(config)
     total = {s: torch.zeros(c_in, x.shape[-1], device=runtime.device) for s in stems}
-    chunks_cb = chunk_progress(progress)
     for offset in offsets:
         for gi in range(c_in if per_channel else 1):
             g = x[gi : gi + 1].expand(model_channels, -1) if per_channel else x
             padded = torch.nn.functional.pad(g, (offset, 0)) if offset else g
-            out = processor.process(
-                model,
-                padded,
-                runtime.batch_size,
-                runtime.device,
-                dtype=runtime.dtype,
-                progress=chunks_cb,
-                **kwargs,
-            )
+            out = run(padded)
             for s in stems:
                 y = out[s][..., offset : offset + g.shape[-1]].to(runtime.device)
                 if per_channel:
