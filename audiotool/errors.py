@@ -62,6 +62,13 @@ class ModelNotFoundError(AudiotoolError):
     """A model spec that resolves to nothing (typo, offline with empty cache, bad revision)."""
 
 
+class UnknownModelError(ModelNotFoundError):
+    """A spec that cannot name any model (no such path or zoo name, malformed): a usage error
+    (exit code 2), the ``--model`` value is what has to change."""
+
+    exit_code = 2
+
+
 class ModelLoadError(AudiotoolError):
     """A checkpoint that exists but cannot be loaded (corrupt file, pickle, ...)."""
 
@@ -90,3 +97,9 @@ class EngineError(AudiotoolError):
 
 class DeviceOutOfMemoryError(EngineError):
     """The device ran out of memory even with a mini-batch of one chunk."""
+
+
+class Interrupted(AudiotoolError):
+    """Ctrl-C ended the command (exit code 130); the CLI has printed what finished."""
+
+    exit_code = 130

@@ -18,15 +18,24 @@ import torch
 from torch import Tensor
 
 from audiotool.errors import UsageError
-from audiotool.paths import ExpandedInputs, OutputPlanner, check_existing
-from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
-from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+from audiotool.paths import ExpandedInputs
+from audiotool.progress import Progress
+from audiotool.tasks._batch import (
+    BatchReport,
+    OutputOptions,
+    ProcessFn,
+    Produced,
+    RuntimeOptions,
+    WorkItem,
+    output_planner,
+    run_files,
+)
+from audiotool.tasks.common import Runtime, chunk_progress, load_task_model, resolve_task_model
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from audiotool.hub import LoadedModel
+    from audiotool.audio import AudioData
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +86,14 @@ def model_stems(config: Any) -> tuple[str, ...]:
 
 
 def choose_stems(available: Sequence[str], wanted: Sequence[str] | None) -> tuple[str, ...]:
-    """Validate ``--stems`` against the model's stems (the error lists them)."""
-    if not wanted:
+    """Validate ``--stems`` against the model's stems (the error lists them); None: all."""
+    if wanted is None:
         return tuple(available)
+    if not wanted:
+        raise UsageError(
+            "--stems is empty: name at least one stem",
+            hint=f"this model produces {', '.join(available)} (omit --stems for all)",
+        )
     unknown = [s for s in wanted if s not in available]
     if unknown:
         raise UsageError(
@@ -141,7 +155,7 @@ def separate_tensor(
     """
     import torch
 
-    from audiotool.audio import resample
+    from audiotool.audio import finish, match_channels, prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor
 
     rate = int(config.sample_rate)
@@ -151,7 +165,7 @@ def separate_tensor(
     # channel policy: matching count -> as is; otherwise every input channel separately
     # (duplicated to the model's channel count, averaged back)
     per_channel = c_in != model_channels
-    x = resample(audio, sample_rate, rate, device=runtime.device)
+    x = prepare(audio, sample_rate, rate, device=runtime.device)
     processor = OverlapAddProcessor(chunk, hop, rate)
     kwargs = dict(model_kwargs or {})
     gen = torch.Generator().manual_seed(runtime.seed)
@@ -164,7 +178,7 @@ def separate_tensor(
     chunks_cb = chunk_progress(progress)
     for offset in offsets:
         for gi in range(c_in if per_channel else 1):
-            g = x[gi : gi + 1].expand(model_channels, -1) if per_channel else x
+            g = match_channels(x[gi : gi + 1], model_channels) if per_channel else x
             padded = torch.nn.functional.pad(g, (offset, 0)) if offset else g
             out = processor.process(
                 model,
@@ -178,20 +192,14 @@ def separate_tensor(
             for s in stems:
                 y = out[s][..., offset : offset + g.shape[-1]].to(runtime.device)
                 if per_channel:
-                    total[s][gi] += y.mean(0)
+                    total[s][gi] += match_channels(y, 1)[0]
                 else:
                     total[s] += y
     result = {s: v / len(offsets) for s, v in total.items()}
     if options.mixture_consistent:
         excess = (x - sum(result.values())) / len(stems)
         result = {s: v + excess for s, v in result.items()}
-    back = {
-        s: resample(v, rate, sample_rate)[..., :length].float().cpu() for s, v in result.items()
-    }
-    for s, v in back.items():
-        if v.shape[-1] < length:  # resampling rounds; never lose the last sample
-            back[s] = torch.nn.functional.pad(v, (0, length - v.shape[-1]))
-    return back
+    return {s: finish(v, rate, sample_rate, length) for s, v in result.items()}
 
 
 ContextFn = Callable[[Tensor, int], dict[str, Tensor]]
@@ -238,6 +246,24 @@ def _query_context(config: Any, options: SeparateOptions, runtime: Runtime) -> C
     return lambda audio, rate: {"query": fixed}
 
 
+def check_options(config: Any, options: SeparateOptions) -> tuple[str, ...]:
+    """Validate the options against the model before any file runs; the output names.
+
+    Raises:
+        UsageError: unknown / empty / repeated ``--stems``, a bad chunk plan, or a residual
+            that can only be silence (every stem with ``--mixture-consistent``).
+    """
+    chosen = choose_stems(model_stems(config), options.stems)
+    chunk_plan(config, options)
+    if options.residual and options.mixture_consistent and set(chosen) == set(model_stems(config)):
+        raise UsageError(
+            "--residual with every stem and --mixture-consistent would write silence "
+            "(the stems then sum exactly to the mixture)",
+            hint="choose some stems with --stems, or drop --residual",
+        )
+    return chosen + ((residual_name(chosen),) if options.residual else ())
+
+
 def separate_files(
     inputs: ExpandedInputs,
     *,
@@ -249,76 +275,60 @@ def separate_files(
     progress: Progress | None = None,
 ) -> BatchReport:
     """Separate every input file and write its stems (the ``audiotool separate`` command)."""
-    from audiotool.audio import read_audio, write_audio
-
-    progress = progress or NullProgress()
-    rt = Runtime.from_options(runtime)
-    loaded: LoadedModel = load_task_model(model, "separate", revision=revision, runtime=rt)
-    available = model_stems(loaded.config)
-    chosen = choose_stems(available, options.stems)
-    chunk_plan(loaded.config, options)  # validate options before the first file
-    ext = output.format or "wav"
-    names = list(chosen) + ([residual_name(chosen)] if options.residual else [])
-    planner = OutputPlanner(
-        output=output.output,
-        template=output.filename,
+    planner = output_planner(
+        inputs,
+        output,
         default_template=DEFAULT_TEMPLATE,
         default_dir=DEFAULT_DIR,
-        inputs=inputs.files,
         single_output=False,
         allowed_fields=frozenset({"track", "stem", "ext", "model", "name", "parent", "task"}),
     )
-    model_name = loaded.model_id.split("/")[-1].replace("zoo:", "").split("@")[0]
-    context_fn = _query_context(loaded.config, options, rt)
+    task_model = resolve_task_model(model, "separate", revision=revision)
+    config = task_model.config
+    names = check_options(config, options)
+    chosen = names[: len(names) - 1] if options.residual else names
+    ext = output.format or "wav"
+    model_name = task_model.model_id.split("/")[-1].replace("zoo:", "").split("@")[0]
 
-    def one(path: Path) -> FileResult:
-        targets = {
+    def targets(path: Path) -> dict[str, Path]:
+        return {
             n: planner.path_for(
                 path, track=path.stem, stem=n, ext=ext, model=model_name, task="separate"
             )
             for n in names
         }
-        if check_existing(
-            targets.values(), overwrite=output.overwrite, skip_existing=output.skip_existing
-        ):
-            return FileResult(
-                input=str(path), status="skipped", outputs=[str(t) for t in targets.values()]
-            )
-        audio = read_audio(path)
-        kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
-        stems = separate_tensor(
-            loaded.model,
-            loaded.config,
-            audio.samples,
-            audio.sample_rate,
-            options=options,
-            runtime=rt,
-            progress=progress,
-            model_kwargs=kwargs,
-        )
-        outputs = {n: stems[n] for n in chosen}
-        if options.residual:
-            outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
-        for n, wave in outputs.items():
-            write_audio(
-                targets[n],
-                wave,
+
+    def start() -> ProcessFn:
+        rt = Runtime.from_options(runtime)
+        net = task_model.load(rt).model
+        context_fn = _query_context(config, options, rt)
+
+        def process(item: WorkItem, audio: AudioData) -> Produced:
+            kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
+            stems = separate_tensor(
+                net,
+                config,
+                audio.samples,
                 audio.sample_rate,
-                bit_depth=output.bit_depth,
-                clip=output.clip,
-                fmt=ext,
-                protect=inputs.files,
+                options=options,
+                runtime=rt,
+                progress=progress,
+                model_kwargs=kwargs,
             )
-        return FileResult(
-            input=str(path),
-            outputs=[str(targets[n]) for n in outputs],
-            details={
+            outputs = {n: stems[n] for n in chosen}
+            if options.residual:
+                outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
+            details = {
                 "stems": list(outputs),
                 "sample_rate": audio.sample_rate,
                 "duration": round(audio.duration, 3),
-            },
-        )
+            }
+            return Produced(outputs, audio.sample_rate, details=details)
 
-    report = run_batch("separate", inputs, one, fail_fast=output.fail_fast, progress=progress)
-    report.extra["model"] = loaded.model_id
+        return process
+
+    report = run_files(
+        "separate", inputs, targets_for=targets, start=start, output=output, progress=progress
+    )
+    report.extra["model"] = task_model.model_id
     return report
