@@ -443,7 +443,14 @@ def atomic_outputs(
                     hint="choose another output path",
                 )
             tmps[name] = _temporary(target)
-        yield tmps
+        try:
+            yield tmps
+        except OSError as exc:  # the body's writes: disk full, quota, I/O error
+            where = next(
+                (Path(targets[n]) for n, t in tmps.items() if str(t) == str(exc.filename)),
+                Path(next(iter(targets.values()))),
+            )
+            raise write_error(where, exc) from exc
         mode = 0o666 & ~_umask()  # mkstemp makes 0600; give outputs normal permissions
         for name, target in targets.items():
             os.chmod(tmps[name], mode)

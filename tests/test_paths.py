@@ -210,3 +210,15 @@ def test_non_audio_files_named_on_the_command_line_are_ignored(tmp_path: Path) -
     assert got.files == [tmp_path / "a.wav"] and got.ignored == [str(tmp_path / "README.md")]
     with pytest.raises(InputError, match="none of the inputs is an audio file"):
         expand_inputs([str(tmp_path / "README.md")])
+
+
+def test_write_errors_name_the_file_and_fit_the_cause(tmp_path: Path) -> None:
+    import errno
+
+    from audiotool.errors import AudioWriteError
+
+    target = tmp_path / "e.npz"
+    with pytest.raises(AudioWriteError) as exc, atomic_output(target) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert str(target) in exc.value.message and "full" in (exc.value.hint or "")
+    assert not target.exists() and not list(tmp_path.iterdir())
