@@ -16,12 +16,12 @@ import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
 from audiotool.errors import AudioReadError, AudioWriteError, InputError, UsageError
-from audiotool.paths import atomic_output
+from audiotool.paths import atomic_output, write_error
 
 if TYPE_CHECKING:
     import torch
@@ -243,6 +243,72 @@ def match_channels(audio: torch.Tensor, channels: int) -> torch.Tensor:
     return audio.repeat(reps, 1)[:channels].clone()
 
 
+# --------------------------------------------------------------------------- prepare / finish
+
+ArrayT = TypeVar("ArrayT", "torch.Tensor", np.ndarray)
+
+
+def fit_length(x: ArrayT, length: int) -> ArrayT:
+    """Crop or zero-pad the last axis of ``x`` (tensor or array) to ``length`` samples."""
+    have = int(x.shape[-1])
+    if have >= length:
+        return x[..., :length]
+    if isinstance(x, np.ndarray):
+        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - have)])
+    import torch
+
+    return torch.nn.functional.pad(x, (0, length - have))
+
+
+def prepare(
+    audio: torch.Tensor,
+    sample_rate: int,
+    rate: int,
+    *,
+    channels: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Input side of every task: ``(C, T)`` at ``sample_rate`` -> float32 at the model ``rate``.
+
+    Args:
+        channels: the channel policy of :func:`match_channels` (None: keep the input's).
+        device: where the result goes (resampling runs there).
+
+    Returns:
+        ``(channels or C, ceil(T * rate / sample_rate))``.
+    """
+    x = audio.float()
+    if channels is not None:
+        x = match_channels(x, channels)
+    return resample(x, sample_rate, rate, device=device)
+
+
+def finish(
+    audio: torch.Tensor,
+    rate: int,
+    sample_rate: int,
+    length: int,
+    *,
+    channels: int | None = None,
+    level_of: torch.Tensor | None = None,
+    level_mode: Literal["rms", "peak"] = "rms",
+) -> torch.Tensor:
+    """Output side of every task: model-rate ``(C, T')`` -> float32 on the CPU at ``sample_rate``.
+
+    Resample back, apply the channel policy (``channels``), crop / zero-pad to exactly
+    ``length`` samples (resampling rounds; the input's duration is kept to the sample) and,
+    with ``level_of``, match that signal's level (:func:`match_level`). Clipping is the
+    writer's (:func:`apply_clip`: it depends on the container).
+    """
+    y = resample(audio, rate, sample_rate)
+    if channels is not None:
+        y = match_channels(y, channels)
+    y = fit_length(y, length)
+    if level_of is not None:
+        y = match_level(y, level_of, mode=level_mode)
+    return y.float().cpu()
+
+
 # --------------------------------------------------------------------------- levels
 
 
@@ -259,6 +325,21 @@ def rms(audio: torch.Tensor) -> float:
 def to_db(value: float) -> float:
     """20 log10 of a linear level (-inf for 0)."""
     return 20.0 * math.log10(value) if value > 0 else float("-inf")
+
+
+def match_level(
+    output: torch.Tensor, reference: torch.Tensor, *, mode: Literal["rms", "peak"] = "rms"
+) -> torch.Tensor:
+    """Scale ``output`` so its RMS (or peak) equals ``reference``'s (silence stays silence)."""
+    if mode == "rms":
+        have, want = output.double().pow(2).mean().sqrt(), reference.double().pow(2).mean().sqrt()
+    elif mode == "peak":
+        have, want = output.abs().max().double(), reference.abs().max().double()
+    else:
+        raise UsageError(f"level mode must be 'rms' or 'peak', got {mode!r}")
+    if float(have) <= 1e-12:
+        return output.clone()
+    return output * float(want / have)
 
 
 def apply_clip(audio: torch.Tensor, mode: ClipMode) -> torch.Tensor:
@@ -293,6 +374,59 @@ def output_format(path: Path, fmt: str | None = None) -> AudioFormat:
     return chosen  # type: ignore[return-value]
 
 
+def check_output_format(path: Path, fmt: str | None, bit_depth: str) -> AudioFormat:
+    """Validate container and bit depth of an output before anything runs.
+
+    Raises:
+        UsageError: unknown container or bit depth, or flac with 32-bit float.
+    """
+    container = output_format(path, fmt)
+    if bit_depth not in _SUBTYPES:
+        raise UsageError(f"--bit-depth must be one of {list(BIT_DEPTHS)}, got {bit_depth!r}")
+    if container == "flac" and bit_depth == "32f":
+        raise UsageError(
+            f"cannot write {path.name}: flac has no 32-bit float", hint="use --bit-depth 24 or wav"
+        )
+    return container
+
+
+def save_audio(
+    path: Path,
+    audio: torch.Tensor,
+    sample_rate: int,
+    *,
+    bit_depth: BitDepth = "24",
+    clip: ClipMode = "rescale",
+    fmt: str | None = None,
+    name: Path | None = None,
+) -> None:
+    """Encode ``(C, T)`` (or ``(T,)``) audio into ``path`` directly (not atomically).
+
+    Used on the temporary file of :func:`audiotool.paths.atomic_outputs`; ``name`` is the final
+    path, for the container (from its suffix) and the messages. See :func:`write_audio`.
+    """
+    import soundfile as sf
+
+    final = name or path
+    container = check_output_format(final, fmt, bit_depth)
+    if audio.dim() == 1:
+        audio = audio.unsqueeze(0)
+    audio = apply_clip(audio.detach().float().cpu(), clip)
+    data = audio.numpy().T
+    if not np.isfinite(data).all():
+        raise AudioWriteError(f"{final}: refusing to write NaN/Inf samples (a model diverged)")
+    try:
+        sf.write(
+            str(path),
+            data,
+            int(sample_rate),
+            subtype=_SUBTYPES[bit_depth],
+            format=container.upper(),
+        )
+    except (sf.LibsndfileError, OSError) as exc:
+        raise write_error(final, exc) from exc
+
+
 def write_audio(
     path: str | Path,
     audio: torch.Tensor,
@@ -302,6 +436,7 @@ def write_audio(
     clip: ClipMode = "rescale",
     fmt: str | None = None,
     protect: Iterable[Path] = (),
+    overwrite: bool = True,
 ) -> Path:
     """Write ``(C, T)`` audio atomically (temporary file + rename in the target folder).
 
@@ -313,36 +448,15 @@ def write_audio(
         clip: what to do with samples beyond [-1, 1] (see :func:`apply_clip`).
         fmt: ``"wav"`` / ``"flac"`` (default: from the suffix).
         protect: input files that must never be written over.
+        overwrite: replace an existing ``path``; False: never (see :func:`audiotool.paths.commit`).
 
     Raises:
         UsageError: bad bit depth / format combination.
         AudioWriteError: the file or its folder cannot be written.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    import soundfile as sf
-
     path = Path(path)
-    container = output_format(path, fmt)
-    if bit_depth not in _SUBTYPES:
-        raise UsageError(f"--bit-depth must be one of {list(BIT_DEPTHS)}, got {bit_depth!r}")
-    if container == "flac" and bit_depth == "32f":
-        raise UsageError(
-            f"cannot write {path.name}: flac has no 32-bit float", hint="use --bit-depth 24 or wav"
-        )
-    if audio.dim() == 1:
-        audio = audio.unsqueeze(0)
-    audio = apply_clip(audio.detach().float().cpu(), clip)
-    data = audio.numpy().T
-    if not np.isfinite(data).all():
-        raise AudioWriteError(f"{path}: refusing to write NaN/Inf samples (a model diverged)")
-    try:
-        with atomic_output(path, protect=protect) as tmp:
-            sf.write(
-                str(tmp),
-                data,
-                int(sample_rate),
-                subtype=_SUBTYPES[bit_depth],
-                format=container.upper(),
-            )
-    except (sf.LibsndfileError, OSError) as exc:
-        raise AudioWriteError(f"{path}: cannot write ({exc})", hint="check disk space") from exc
+    check_output_format(path, fmt, bit_depth)
+    with atomic_output(path, protect=protect, overwrite=overwrite) as tmp:
+        save_audio(tmp, audio, sample_rate, bit_depth=bit_depth, clip=clip, fmt=fmt, name=path)
     return path

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from audiotool.audio import fit_length
 from audiotool.errors import UsageError
 
 N_FFT, HOP = 2048, 512
@@ -148,7 +149,4 @@ def griffin_lim_from_mel(
     )
     with torch.no_grad():
         y = vocoder(mel(x.float()).transpose(1, 2))[:, 0]
-    length = x.shape[-1]
-    if y.shape[-1] < length:
-        y = torch.nn.functional.pad(y, (0, length - y.shape[-1]))
-    return y[..., :length].to(x.dtype)
+    return fit_length(y, x.shape[-1]).to(x.dtype)

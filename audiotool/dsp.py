@@ -6,7 +6,8 @@
 - :func:`replace_low_band` / :func:`replace_low_mel_bins`: keep the input's own low band in a
   generated signal, with a raised-cosine crossfade across a transition band (AudioSR replaces
   the band with a hard cut; see ``shared/reference/audiosr.md`` "Post-processing").
-- :func:`match_level`: restore the input's level (AudioSR peak-normalises to 0.5 instead).
+- ``match_level`` (restore the input's level; AudioSR peak-normalises to 0.5 instead) lives in
+  :mod:`audiotool.audio` with the other level helpers and is re-exported here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from audiotool.audio import fit_length
+from audiotool.audio import match_level as match_level  # re-export; its home is audio.py
 from audiotool.errors import UsageError
 
 CutoffMethod = Literal["cliff", "energy"]
@@ -152,10 +155,7 @@ def degrade(audio: Tensor, sample_rate: int, target_rate: int) -> Tensor:
         return x.clone()
     low = resample(x, sample_rate, target_rate)
     back = resample(low, target_rate, sample_rate)
-    length = x.shape[-1]
-    if back.shape[-1] >= length:
-        return back[..., :length]
-    return torch.nn.functional.pad(back, (0, length - back.shape[-1]))
+    return fit_length(back, x.shape[-1])
 
 
 def _crossfade_mask(freqs: Tensor, cutoff_hz: float, transition_hz: float) -> Tensor:
@@ -192,12 +192,7 @@ def replace_low_band(
     ref = _as_2d(reference).float()
     gen = _as_2d(generated).float().to(ref.device)
     length = ref.shape[-1]
-    if gen.shape[-1] != length:
-        gen = (
-            gen[..., :length]
-            if gen.shape[-1] > length
-            else torch.nn.functional.pad(gen, (0, length - gen.shape[-1]))
-        )
+    gen = fit_length(gen, length)
     nyquist = sample_rate / 2
     if cutoff_hz >= nyquist:
         return ref.clone()
@@ -255,18 +250,3 @@ def replace_low_mel_bins(
     else:
         mask = 0.5 * (1 + torch.cos(math.pi * ((idx - lo) / transition_bins).clamp(0, 1)))
     return mask * condition + (1 - mask) * generated
-
-
-def match_level(
-    output: Tensor, reference: Tensor, *, mode: Literal["rms", "peak"] = "rms"
-) -> Tensor:
-    """Scale ``output`` so its RMS (or peak) equals ``reference``'s (silence stays silence)."""
-    if mode == "rms":
-        have, want = output.double().pow(2).mean().sqrt(), reference.double().pow(2).mean().sqrt()
-    elif mode == "peak":
-        have, want = output.abs().max().double(), reference.abs().max().double()
-    else:
-        raise UsageError(f"level mode must be 'rms' or 'peak', got {mode!r}")
-    if float(have) <= 1e-12:
-        return output.clone()
-    return output * float(want / have)

@@ -62,6 +62,13 @@ class ModelNotFoundError(AudiotoolError):
     """A model spec that resolves to nothing (typo, offline with empty cache, bad revision)."""
 
 
+class UnknownModelError(ModelNotFoundError):
+    """A spec that cannot name any model (no such path or zoo name, malformed): a usage error
+    (exit code 2), the ``--model`` value is what has to change."""
+
+    exit_code = 2
+
+
 class ModelLoadError(AudiotoolError):
     """A checkpoint that exists but cannot be loaded (corrupt file, pickle, ...)."""
 
@@ -103,3 +110,9 @@ class UnsupportedCheckpointError(ModelLoadError):
 class CheckpointMismatchError(UnsupportedCheckpointError, WeightMismatchError):
     """An imported checkpoint whose keys or shapes do not match the model its config builds
     (the lists of keys as in :class:`WeightMismatchError`; exit code 2)."""
+
+
+class Interrupted(AudiotoolError):
+    """Ctrl-C ended the command (exit code 130); the CLI has printed what finished."""
+
+    exit_code = 130

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from audiotool.audio import fit_length
 from audiotool.errors import EngineError, InputError
 from audiotool.paths import is_audio_path
 
@@ -58,13 +59,6 @@ def _read(path: Path) -> tuple[Tensor, int]:
 
     a = read_audio(path)
     return a.samples, a.sample_rate
-
-
-def _fit(est: Tensor, length: int) -> Tensor:
-    """Crop or zero-pad an estimate to the reference's length (a short output is penalised)."""
-    if est.shape[-1] >= length:
-        return est[..., :length]
-    return torch.nn.functional.pad(est, (0, length - est.shape[-1]))
 
 
 def find_references(folder: Path) -> list[Path]:
@@ -198,7 +192,7 @@ def evaluate_separation(
             missing = [s for s in stems if s not in est]
             if missing:
                 raise EngineError(f"system '{name}' produced no {', '.join(missing)}")
-            est = {s: _fit(est[s], mix.shape[-1]) for s in stems}
+            est = {s: fit_length(est[s], mix.shape[-1]) for s in stems}
             entry: dict[str, Any] = {"file": str(song)}
             for s in stems:
                 scores = {
@@ -234,7 +228,7 @@ def evaluate_reconstruct(
         audio, sr = _read(path)
         ref = resample(audio.mean(0, keepdim=True), sr, rate)
         for name, system in systems.items():
-            est = _fit(system(ref, rate), ref.shape[-1])
+            est = fit_length(system(ref, rate), ref.shape[-1])
             rows[name].append(
                 {
                     "file": str(path),

@@ -42,6 +42,7 @@ from audiotool.errors import (
     ConfigError,
     ModelLoadError,
     ModelNotFoundError,
+    UnknownModelError,
     UsageError,
     WeightMismatchError,
 )
@@ -239,7 +240,7 @@ def resolve(
         if head and Path(head).expanduser().is_dir():
             return _resolve_local(Path(head).expanduser(), spec, file=tail)
     if _looks_like_path(spec):
-        raise ModelNotFoundError(
+        raise UnknownModelError(
             f"model '{spec}': no such file or folder",
             hint="check the path, or give a zoo name (audiotool models list) or an org/name "
             "Hub repo",
@@ -265,13 +266,13 @@ def resolve(
         names = [e.name for e in zoo_entries()]
         close = difflib.get_close_matches(spec, names, n=3)
         hint = f"did you mean {close}?" if close else f"zoo models: {names or 'none'}"
-        raise ModelNotFoundError(
+        raise UnknownModelError(
             f"model '{spec}' is not a local path, a zoo name or an org/name Hub repo",
             hint=hint,
         )
     match = _HUB_RE.match(spec)
     if not match:
-        raise ModelNotFoundError(
+        raise UnknownModelError(
             f"model '{spec}' is not a valid spec",
             hint="use a local folder, a zoo name, or org/name[@revision]",
         )
@@ -700,6 +701,45 @@ class LoadedModel:
         return self.resolved.model_id
 
 
+def resolve_model(
+    spec: str | None,
+    *,
+    task: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+) -> tuple[ResolvedSpec, ModelConfig]:
+    """Resolve ``spec`` and read its config, without building the model (cheap: a command can
+    validate its options and plan its outputs before loading weights). See :func:`load_model`.
+    """
+    if spec is None:
+        if task is None:
+            raise UsageError("a model spec or a task is needed")
+        spec = default_model(task)
+    resolved = resolve(
+        spec, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+    )
+    config = read_config(resolved.folder)
+    if task is not None and config.task != task:
+        raise UsageError(
+            f"model '{spec}' is a '{config.task}' model ({config.family}), not a '{task}' model",
+            hint=f"pick a {task} model (audiotool models list)",
+        )
+    return resolved, config
+
+
+def load_resolved(
+    resolved: ResolvedSpec, config: ModelConfig, *, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Build the model of a resolved spec and load its weights strictly (eval mode)."""
+    model = build_model(config)
+    load_weights(model, resolved.folder / WEIGHTS_NAME, device="cpu")
+    model.to(device)
+    model.eval()
+    log.info("loaded %s (%s) from %s", resolved.spec, config.family, resolved.folder)
+    return LoadedModel(model=model, config=config, resolved=resolved)
+
+
 def load_model(
     spec: str | None,
     *,
@@ -720,25 +760,14 @@ def load_model(
     Returns:
         The model in eval mode on ``device``, its config and its resolved spec.
     """
-    if spec is None:
-        if task is None:
-            raise UsageError("a model spec or a task is needed")
-        spec = default_model(task)
-    resolved = resolve(
-        spec, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+    resolved, config = resolve_model(
+        spec,
+        task=task,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
     )
-    config = read_config(resolved.folder)
-    if task is not None and config.task != task:
-        raise UsageError(
-            f"model '{spec}' is a '{config.task}' model ({config.family}), not a '{task}' model",
-            hint=f"pick a {task} model (audiotool models list)",
-        )
-    model = build_model(config)
-    load_weights(model, resolved.folder / WEIGHTS_NAME, device="cpu")
-    model.to(device)
-    model.eval()
-    log.info("loaded %s (%s) from %s", spec, config.family, resolved.folder)
-    return LoadedModel(model=model, config=config, resolved=resolved)
+    return load_resolved(resolved, config, device=device)
 
 
 def save_pretrained(

@@ -123,8 +123,17 @@ def log_mel_power(x: Tensor, *, sample_rate: int = 16000) -> Tensor:
 
     basis = mel_basis(sample_rate, 1024, 80, 0.0, sample_rate / 2).to(x.device, x.dtype)
     win = torch.hann_window(1024, dtype=x.dtype, device=x.device)
+    x = _at_least(x, 1024)
     spec = torch.stft(x, 1024, 256, window=win, return_complex=True).abs().pow(2)
     return torch.log10((basis @ spec).clamp(min=1e-5))
+
+
+def _at_least(x: Tensor, n_fft: int) -> Tensor:
+    """Zero-pad ``(..., T)`` to ``n_fft`` samples: a centred STFT needs more than ``n_fft / 2``
+    (short clips are compared on the same zero-padded frame)."""
+    if x.shape[-1] >= n_fft:
+        return x
+    return torch.nn.functional.pad(x, (0, n_fft - x.shape[-1]))
 
 
 def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> float:
@@ -146,8 +155,8 @@ def multi_resolution_stft_distance(
     total = 0.0
     for n in fft_sizes:
         win = torch.hann_window(n, dtype=torch.float64)
-        mr = torch.stft(r, n, n // 4, window=win, return_complex=True).abs()
-        me = torch.stft(e, n, n // 4, window=win, return_complex=True).abs()
+        mr = torch.stft(_at_least(r, n), n, n // 4, window=win, return_complex=True).abs()
+        me = torch.stft(_at_least(e, n), n, n // 4, window=win, return_complex=True).abs()
         sc = float(torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp(min=1e-12))
         mag = float((torch.log(mr.clamp(min=1e-7)) - torch.log(me.clamp(min=1e-7))).abs().mean())
         total += sc + mag

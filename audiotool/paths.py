@@ -5,8 +5,11 @@
 - :class:`OutputPlanner` maps each input to its output path(s) from ``-o`` and a ``--filename``
   template, refusing templates that escape the output folder, outputs that would overwrite an
   input, and two inputs that would write the same file.
-- :func:`atomic_output` writes through a temporary file in the target folder and renames it into
-  place, so a failure never leaves a partial output behind.
+- :func:`atomic_outputs` / :func:`atomic_output` write through temporary files in the target
+  folder and move them into place at the end, so a failure never leaves a partial output behind;
+  without ``overwrite`` the final step never replaces a file that appeared meanwhile (another run
+  writing the same output): :func:`commit` is a no-clobber link-or-rename.
+- :func:`check_writable` finds an unwritable output location before anything runs.
 
 No torch here.
 """
@@ -14,10 +17,11 @@ No torch here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import string
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -42,10 +46,13 @@ class ExpandedInputs:
         files: audio files to process, in command-line order, without duplicates.
         problems: (item, error) for items that cannot be used (missing path, folder without
             audio); the batch reports them as failures and goes on with the rest.
+        ignored: named files whose extension is not an audio one (``README.md``, ``cover.jpg``
+            matched by a shell glob): skipped with a note, like such files inside folders.
     """
 
     files: list[Path] = field(default_factory=list)
     problems: list[tuple[str, InputError]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 def is_audio_path(path: Path) -> bool:
@@ -55,6 +62,10 @@ def is_audio_path(path: Path) -> bool:
 
 def expand_inputs(items: Sequence[str], *, stdin: TextIO | None = None) -> ExpandedInputs:
     """Expand command-line inputs.
+
+    Rule for named files: a file whose extension libsndfile reads (:data:`AUDIO_EXTENSIONS`)
+    is an input; any other file (``README.md`` from ``examples/*``) goes to ``ignored`` and is
+    skipped with a note, the same rule folders apply to their contents.
 
     Args:
         items: files, folders (searched recursively for audio, sorted) or ``-`` (read one path
@@ -92,12 +103,22 @@ def expand_inputs(items: Sequence[str], *, stdin: TextIO | None = None) -> Expan
             for p in found:
                 add(p)
         elif path.exists():
-            add(path)
+            if is_audio_path(path):
+                add(path)
+            else:
+                result.ignored.append(item)
         else:
             result.problems.append(
                 (item, InputError(f"{item}: no such file or folder", hint="check the path"))
             )
     if not result.files and not result.problems:
+        if result.ignored:
+            raise InputError(
+                f"none of the inputs is an audio file ({', '.join(result.ignored[:3])}"
+                + (", ..." if len(result.ignored) > 3 else "")
+                + ")",
+                hint=f"audio files end in {', '.join(_COMMON)}, ...",
+            )
         raise UsageError("no input files given", hint="pass files, folders, or '-' to read paths")
     return result
 
@@ -300,27 +321,155 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_output(target: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
-    """Yield a temporary path in ``target``'s folder; rename it to ``target`` on success.
+def write_error(path: Path, exc: BaseException) -> AudioWriteError:
+    """An :class:`AudioWriteError` naming ``path``, with a hint that fits the cause."""
+    code = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        hint = "the disk (or your quota) is full: free space or write elsewhere"
+    elif code in (errno.EACCES, errno.EPERM):
+        hint = "permission denied: choose a folder you can write to"
+    elif code == errno.EROFS:
+        hint = "the file system is read-only: choose another output folder"
+    elif code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        hint = "check the output path"
+    else:
+        hint = "check the output path, its permissions and the free space"
+    return AudioWriteError(f"cannot write {path}: {reason}", hint=hint)
 
-    The temporary file keeps ``target``'s suffix (libraries that pick a format from the name
-    still work). On any exception the temporary file is removed and ``target`` is untouched.
 
-    Args:
-        target: final path.
-        protect: paths that must never be replaced (the inputs).
+def check_writable(target: Path) -> None:
+    """Check, without leaving anything behind, that ``target`` can be created later.
+
+    The nearest existing folder above ``target`` must be a folder, and a probe file must be
+    creatable in it (``os.access`` is not enough: root on ``/proc``, read-only mounts).
 
     Raises:
-        AudioWriteError: the folder cannot be created, or ``target`` is a protected path.
+        UsageError: a path component is a file, ``target`` is a folder, or nothing can be
+            written there.
     """
     target = Path(target)
-    resolved = target.resolve()
-    if any(resolved == Path(p).resolve() for p in protect):
-        raise AudioWriteError(
-            f"refusing to write {target}: it is an input file",
-            hint="choose another output path",
+    if target.is_dir():
+        raise UsageError(f"output {target} is a folder", hint="give a file name, or a folder -o")
+    folder = target.parent
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(
+            f"cannot write {target}: {folder} is a file, not a folder",
+            hint="choose another -o",
         )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".audiotool-probe.", dir=folder)
+    except OSError as exc:
+        err = write_error(target, exc)
+        raise UsageError(err.message, hint=err.hint) from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def commit(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``target``; without ``overwrite`` never replace a file.
+
+    No-clobber: ``os.link(tmp, target)`` (fails if ``target`` exists, atomically) then unlink
+    ``tmp``. On file systems without hard links, ``target`` is claimed with ``O_CREAT | O_EXCL``
+    and ``tmp`` renamed over the claim (another audiotool run cannot take it in between; for an
+    instant ``target`` is an empty file).
+
+    Raises:
+        OutputExistsError: ``target`` exists (another writer got there first).
+    """
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise _appeared(target) from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            raise _appeared(target) from None
+        os.close(fd)
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
+
+
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+def _appeared(target: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{target} appeared while this output was being made (another run writing the same "
+        "file?); kept it and wrote nothing of this input",
+        hint="pass --overwrite to replace it, or write to another folder",
+    )
+
+
+@contextlib.contextmanager
+def atomic_outputs(
+    targets: Mapping[str, Path], *, protect: Iterable[Path] = (), overwrite: bool = True
+) -> Iterator[dict[str, Path]]:
+    """Yield ``{name: temporary path}`` beside each target; move them all into place on success.
+
+    All or nothing: when the body raises, or a target appears meanwhile (``overwrite=False``),
+    every temporary file and every output already moved by this call is removed.
+
+    Args:
+        targets: final paths by name.
+        protect: paths that must never be replaced (the inputs).
+        overwrite: replace existing targets; False: :func:`commit` without clobbering.
+
+    Raises:
+        AudioWriteError: a folder cannot be created or written, or a target is protected.
+        OutputExistsError: without ``overwrite``, a target exists when its turn comes.
+    """
+    protected = {Path(p).resolve() for p in protect}
+    tmps: dict[str, Path] = {}
+    done: list[Path] = []
+    try:
+        for name, target in targets.items():
+            target = Path(target)
+            if target.resolve() in protected:
+                raise AudioWriteError(
+                    f"refusing to write {target}: it is an input file",
+                    hint="choose another output path",
+                )
+            tmps[name] = _temporary(target)
+        try:
+            yield tmps
+        except OSError as exc:  # the body's writes: disk full, quota, I/O error
+            where = next(
+                (Path(targets[n]) for n, t in tmps.items() if str(t) == str(exc.filename)),
+                Path(next(iter(targets.values()))),
+            )
+            raise write_error(where, exc) from exc
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600; give outputs normal permissions
+        for name, target in targets.items():
+            os.chmod(tmps[name], mode)
+            try:
+                commit(tmps[name], Path(target), overwrite=overwrite)
+            except OSError as exc:
+                raise write_error(Path(target), exc) from exc
+            done.append(Path(target))
+    except BaseException:
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for path in done:  # ours: created by this call without clobbering
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
+def _temporary(target: Path) -> Path:
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -329,20 +478,25 @@ def atomic_output(target: Path, *, protect: Iterable[Path] = ()) -> Iterator[Pat
             f"cannot create the output folder {folder}: {exc.strerror or exc}",
             hint="check the path and its permissions",
         ) from exc
-    if not os.access(folder, os.W_OK):
-        raise AudioWriteError(
-            f"cannot write into {folder}: permission denied", hint="choose a writable folder"
-        )
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=folder
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs normal permissions
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=folder
+        )
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    os.close(fd)
+    return Path(tmp_name)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    target: Path, *, protect: Iterable[Path] = (), overwrite: bool = True
+) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; move it to ``target`` on success.
+
+    The temporary file keeps ``target``'s suffix (libraries that pick a format from the name
+    still work). On any exception the temporary file is removed and ``target`` is untouched.
+    See :func:`atomic_outputs` for ``protect`` and ``overwrite``.
+    """
+    with atomic_outputs({"": Path(target)}, protect=protect, overwrite=overwrite) as tmps:
+        yield tmps[""]

@@ -166,3 +166,59 @@ def test_atomic_output_cleans_up(tmp_path: Path) -> None:
         assert tmp.parent == tmp_path and tmp.suffix == ".npz"
         tmp.write_text("done")
     assert target.read_text() == "done" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_commit_never_clobbers_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from audiotool.errors import OutputExistsError
+    from audiotool.paths import atomic_outputs, commit
+
+    target = tmp_path / "o.wav"
+    target.write_text("theirs")
+    for no_links in (False, True):
+        if no_links:  # a file system without hard links: the O_EXCL claim is the fallback
+            monkeypatch.setattr(
+                os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EPERM, "x"))
+            )
+        tmp = tmp_path / f"t{no_links}"
+        tmp.write_text("mine")
+        with pytest.raises(OutputExistsError, match="appeared"):
+            commit(tmp, target, overwrite=False)
+        assert target.read_text() == "theirs" and tmp.exists()
+        fresh = tmp_path / f"new{no_links}.wav"
+        commit(tmp, fresh, overwrite=False)
+        assert fresh.read_text() == "mine" and not tmp.exists()
+    # all or nothing: the first output is taken back when the second one appeared meanwhile
+    with pytest.raises(OutputExistsError):
+        with atomic_outputs({"a": tmp_path / "a.wav", "b": target}, overwrite=False) as tmps:
+            for t in tmps.values():
+                t.write_text("mine")
+    assert not (tmp_path / "a.wav").exists() and target.read_text() == "theirs"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_non_audio_files_named_on_the_command_line_are_ignored(tmp_path: Path) -> None:
+    from audiotool.errors import InputError
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "README.md").write_text("hi")
+    got = expand_inputs([str(tmp_path / "a.wav"), str(tmp_path / "README.md")])
+    assert got.files == [tmp_path / "a.wav"] and got.ignored == [str(tmp_path / "README.md")]
+    with pytest.raises(InputError, match="none of the inputs is an audio file"):
+        expand_inputs([str(tmp_path / "README.md")])
+
+
+def test_write_errors_name_the_file_and_fit_the_cause(tmp_path: Path) -> None:
+    import errno
+
+    from audiotool.errors import AudioWriteError
+
+    target = tmp_path / "e.npz"
+    with pytest.raises(AudioWriteError) as exc, atomic_output(target) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert str(target) in exc.value.message and "full" in (exc.value.hint or "")
+    assert not target.exists() and not list(tmp_path.iterdir())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
+    from audiotool.progress import Progress as ProgressSink
     from audiotool.tasks._batch import BatchReport
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,8 +32,11 @@ def setup_logging(*, quiet: bool) -> None:
     """Log WARNING and up on stderr (INFO too unless quiet, when stderr is a terminal)."""
     from rich.logging import RichHandler
 
+    from audiotool.tasks._batch import FileLogFilter
+
     level = logging.WARNING if quiet or not stderr.is_terminal else logging.INFO
     handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
+    handler.addFilter(FileLogFilter())  # messages during a file name that file
     root = logging.getLogger("audiotool")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -102,22 +106,60 @@ def progress_bars(*, quiet: bool) -> Iterator[RichProgress | _Silent]:
         yield RichProgress(bars)
 
 
-def print_summary(report: BatchReport, *, as_json: bool, quiet: bool) -> None:
-    """Summary of a batch: failures on stderr (always), counts (unless quiet), JSON on stdout."""
+def run_reported(
+    task: str,
+    run: Callable[[ProgressSink], BatchReport],
+    *,
+    as_json: bool,
+    quiet: bool,
+    bars: bool = True,
+) -> BatchReport:
+    """Run a batch under progress bars; on Ctrl-C print what finished, then end the command.
+
+    Raises:
+        Interrupted: Ctrl-C (the error boundary says "interrupted", exit code 130), after the
+            summary (valid JSON with ``--json``) of the files that finished.
+    """
+    from audiotool.errors import Interrupted
+    from audiotool.tasks._batch import BatchReport
+
+    try:
+        with progress_bars(quiet=quiet or not bars) as sink:
+            return run(sink)
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        if not isinstance(report, BatchReport):
+            report = BatchReport(task=task, interrupted=True)
+        print_summary(report, as_json=as_json, quiet=quiet)
+        done = report.counts()["ok"]
+        raise Interrupted(
+            f"interrupted: {done} file(s) finished, no partial output left behind"
+        ) from None
+
+
+def print_summary(
+    report: BatchReport, *, as_json: bool, quiet: bool, counts_line: bool = True
+) -> None:
+    """Summary of a batch: failures on stderr (always), notes and counts (unless quiet), JSON
+    on stdout."""
     counts = report.counts()
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), default=str) + "\n")
         sys.stdout.flush()
+    if not quiet:
+        for r in report.results:
+            if r.status == "skipped" and r.note and r.note != "outputs exist":
+                stderr.print(f"audiotool: {r.input}: {r.note}", markup=False)
     if report.failed:
         n = len(report.results)
         stderr.print(f"audiotool: {len(report.failed)} of {n} input(s) failed:", style="bold red")
         for r in report.failed:
             line = f"  {r.error}" + (f" — {r.hint}" if r.hint else "")
             stderr.print(line, markup=False)
-    elif not quiet and not as_json:
+    elif not quiet and not as_json and counts_line:
         parts = [f"{counts['ok']} done"]
         if counts["skipped"]:
-            parts.append(f"{counts['skipped']} skipped (outputs exist)")
+            parts.append(f"{counts['skipped']} skipped")
         stderr.print(f"audiotool {report.task}: " + ", ".join(parts), markup=False)
 
 

@@ -25,7 +25,7 @@ from audiotool.cli import (
     train,
     upsample,
 )
-from audiotool.errors import AudiotoolError
+from audiotool.errors import AudiotoolError, Interrupted
 
 app = typer.Typer(
     name="audiotool",
@@ -135,14 +135,15 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="audiotool")
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a batch (a batch raises Interrupted after its summary)
         sys.stderr.write("audiotool: interrupted\n")
         sys.exit(130)
     except Exception as exc:
         if _debug():
             raise
         message, code = error_message(exc)
-        sys.stderr.write(f"audiotool: error: {message}\n")
+        kind = "" if isinstance(exc, Interrupted) else "error: "
+        sys.stderr.write(f"audiotool: {kind}{message}\n")
         if code == 1 and not isinstance(exc, AudiotoolError):
             sys.stderr.write("(set AUDIOTOOL_DEBUG=1 to see the traceback)\n")
         sys.exit(code)

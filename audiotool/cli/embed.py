@@ -63,7 +63,7 @@ def embed(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from audiotool.cli._report import print_summary, progress_bars, setup_logging
+    from audiotool.cli._report import print_summary, run_reported, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.embed import embed_files
 
@@ -77,8 +77,9 @@ def embed(
     )
     rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
     expanded = expand_inputs(inputs, stdin=sys.stdin)
-    with progress_bars(quiet=quiet) as bars:
-        report = embed_files(
+    report = run_reported(
+        "embed",
+        lambda bars: embed_files(
             expanded,
             model=model,
             revision=revision,
@@ -87,6 +88,9 @@ def embed(
             output=out,
             runtime=rt,
             progress=bars,
-        )
+        ),
+        as_json=as_json,
+        quiet=quiet,
+    )
     print_summary(report, as_json=as_json, quiet=quiet)
     raise typer.Exit(report.exit_code)

@@ -26,13 +26,19 @@ def info(
     quiet: QuietOpt = False,
     fail_fast: FailFastOpt = False,
 ) -> None:
-    from audiotool.cli._report import print_rows, print_summary, setup_logging
+    from audiotool.cli._report import print_rows, print_summary, run_reported, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.info import info_batch
 
     setup_logging(quiet=quiet)
     expanded = expand_inputs(inputs, stdin=sys.stdin)
-    report = info_batch(expanded, fail_fast=fail_fast)
+    report = run_reported(
+        "info",
+        lambda bars: info_batch(expanded, fail_fast=fail_fast, progress=bars),
+        as_json=as_json,
+        quiet=quiet,
+        bars=False,
+    )
     if not as_json:
         header = ["file", "rate", "ch", "duration", "format", "peak dBFS", "RMS dBFS", "bandwidth"]
         rows = [
@@ -51,7 +57,7 @@ def info(
         ]
         if rows:
             print_rows(header, rows)
-    print_summary(report, as_json=as_json, quiet=True)
+    print_summary(report, as_json=as_json, quiet=quiet, counts_line=False)
     raise typer.Exit(report.exit_code)
 
 

@@ -72,7 +72,7 @@ def reconstruct(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from audiotool.cli._report import print_rows, print_summary, progress_bars, setup_logging
+    from audiotool.cli._report import print_rows, print_summary, run_reported, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.reconstruct import reconstruct_files
 
@@ -89,8 +89,9 @@ def reconstruct(
     )
     rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
     expanded = expand_inputs(inputs, stdin=sys.stdin)
-    with progress_bars(quiet=quiet) as bars:
-        report = reconstruct_files(
+    report = run_reported(
+        "reconstruct",
+        lambda bars: reconstruct_files(
             expanded,
             model=model,
             revision=revision,
@@ -99,7 +100,10 @@ def reconstruct(
             output=out,
             runtime=rt,
             progress=bars,
-        )
+        ),
+        as_json=as_json,
+        quiet=quiet,
+    )
     ok = [r for r in report.results if r.status == "ok"]
     if ok and not as_json:
         rows = [

@@ -133,7 +133,7 @@ def separate(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from audiotool.cli._report import print_summary, progress_bars, setup_logging
+    from audiotool.cli._report import print_summary, run_reported, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.separate import SeparateOptions, separate_files
 
@@ -150,7 +150,7 @@ def separate(
     )
     rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
     opts = SeparateOptions(
-        stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+        stems=None if stems is None else tuple(s.strip() for s in stems.split(",") if s.strip()),
         residual=residual,
         chunk_seconds=chunk_seconds,
         overlap=overlap,
@@ -162,8 +162,9 @@ def separate(
         ensemble=ensemble,
     )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
-    with progress_bars(quiet=quiet) as bars:
-        report = separate_files(
+    report = run_reported(
+        "separate",
+        lambda bars: separate_files(
             expanded,
             model=model,
             revision=revision,
@@ -171,6 +172,9 @@ def separate(
             output=out,
             runtime=rt,
             progress=bars,
-        )
+        ),
+        as_json=as_json,
+        quiet=quiet,
+    )
     print_summary(report, as_json=as_json, quiet=quiet)
     raise typer.Exit(report.exit_code)

@@ -126,7 +126,7 @@ def upsample(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from audiotool.cli._report import print_summary, progress_bars, setup_logging
+    from audiotool.cli._report import print_summary, run_reported, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.upsample import UpsampleOptions, upsample_files
 
@@ -153,8 +153,9 @@ def upsample(
         global_context=not no_global_context,
     )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
-    with progress_bars(quiet=quiet) as bars:
-        report = upsample_files(
+    report = run_reported(
+        "upsample",
+        lambda bars: upsample_files(
             expanded,
             model=model,
             revision=revision,
@@ -162,6 +163,9 @@ def upsample(
             output=out,
             runtime=rt,
             progress=bars,
-        )
+        ),
+        as_json=as_json,
+        quiet=quiet,
+    )
     print_summary(report, as_json=as_json, quiet=quiet)
     raise typer.Exit(report.exit_code)

@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from audiotool.audio import fit_length
 from audiotool.data.sources import SOURCES, licence_of, source_files
 from audiotool.errors import UsageError
 
@@ -309,7 +310,7 @@ def build_embed(
             path, x, rate, _ = items[int(idx)]
             w.write(
                 f"{split}/speech_{lang}/{n:03d}.wav",
-                _peak(_fit(x, rate, clip_seconds)),
+                _peak(fit_length(x, int(clip_seconds * rate))),
                 rate,
                 split=split,
                 sources=[str(path)],
@@ -336,7 +337,7 @@ def build_embed(
             x, rate = _read_mono(path)
             w.write(
                 f"{split}/drum_{label}/{n:03d}.wav",
-                _peak(_fit(x, rate, clip_seconds)),
+                _peak(fit_length(x, int(clip_seconds * rate))),
                 rate,
                 split=split,
                 sources=[str(path)],
@@ -371,11 +372,6 @@ def build_embed(
                 pitch=pitch,
             )
     return manifest
-
-
-def _fit(x: np.ndarray, rate: int, seconds: float) -> np.ndarray:
-    n = int(seconds * rate)
-    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
 
 
 def build_reconstruct(

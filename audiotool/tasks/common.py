@@ -13,7 +13,8 @@ from audiotool.tasks._batch import DEFAULT_BATCH_ACCELERATOR, DEFAULT_BATCH_CPU,
 if TYPE_CHECKING:
     import torch
 
-    from audiotool.hub import LoadedModel
+    from audiotool.hub import LoadedModel, ResolvedSpec
+    from audiotool.models._config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,35 @@ def load_task_model(
     from audiotool.hub import load_model
 
     return load_model(spec, task=task, revision=revision, device=runtime.device)
+
+
+@dataclasses.dataclass
+class TaskModel:
+    """A task's model, resolved and its config read (cheap); weights loaded by :meth:`load`.
+
+    A batch validates its options and plans its outputs against ``config`` first, and loads the
+    weights only when some file is left to process.
+    """
+
+    resolved: ResolvedSpec
+    config: ModelConfig
+
+    @property
+    def model_id(self) -> str:
+        return self.resolved.model_id
+
+    def load(self, runtime: Runtime) -> LoadedModel:
+        from audiotool.hub import load_resolved
+
+        return load_resolved(self.resolved, self.config, device=runtime.device)
+
+
+def resolve_task_model(spec: str | None, task: str, *, revision: str | None) -> TaskModel:
+    """Resolve the model for ``task`` (the zoo default when ``spec`` is None), not loading it."""
+    from audiotool.hub import resolve_model
+
+    resolved, config = resolve_model(spec, task=task, revision=revision)
+    return TaskModel(resolved, config)
 
 
 def chunk_progress(progress: Progress | None, key: str = "chunks") -> Callable[[int, int], None]:

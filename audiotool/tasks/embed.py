@@ -20,13 +20,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from audiotool.errors import UsageError
-from audiotool.paths import ExpandedInputs, OutputPlanner, atomic_output, check_existing
-from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
-from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+from audiotool.errors import AudiotoolError, OutputExistsError, UsageError
+from audiotool.paths import ExpandedInputs, atomic_output, check_writable
+from audiotool.progress import Progress
+from audiotool.tasks._batch import (
+    BatchReport,
+    OutputOptions,
+    ProcessFn,
+    Produced,
+    RuntimeOptions,
+    WorkItem,
+    output_planner,
+    run_files,
+)
+from audiotool.tasks.common import Runtime, chunk_progress, resolve_task_model
 
 if TYPE_CHECKING:
+    from audiotool.audio import AudioData
     from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
 
 log = logging.getLogger(__name__)
@@ -64,11 +74,11 @@ def embed_tensor(
     progress: Progress | None = None,
 ) -> Embedding:
     """Embed ``audio`` ``(C, T)`` at ``sample_rate`` (channels are averaged)."""
-    from audiotool.audio import resample
+    from audiotool.audio import prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
 
     rate = config.sample_rate
-    x = resample(audio.float().mean(0, keepdim=True), sample_rate, rate, device=runtime.device)
+    x = prepare(audio, sample_rate, rate, channels=1, device=runtime.device)
     step = model.frame_samples / rate
     chunk, hop = frame_chunking(
         x.shape[-1], rate, model.frame_samples, config.chunk_seconds, config.hop_seconds
@@ -170,11 +180,12 @@ def write_combined(
     sample_rate: int,
     pooled_only: bool,
     protect: Sequence[Path],
+    overwrite: bool = True,
 ) -> None:
     """One file for many inputs: npz (``files``, ``pooled`` (N, D), ``segments`` (N, S, D),
     ``timestamps`` (N, S, 2)), npy (``pooled`` (N, D), or ``segments`` (N, S, D) unless
     pooled-only; file order in the summary), or jsonl (one object per file)."""
-    with atomic_output(target, protect=protect) as tmp:
+    with atomic_output(target, protect=protect, overwrite=overwrite) as tmp:
         if fmt == "jsonl":
             lines = [
                 _json_line(
@@ -213,101 +224,107 @@ def embed_files(
     progress: Progress | None = None,
 ) -> BatchReport:
     """Embed every input: one file per input in a folder, or one combined file (``-o x.npz``)."""
-    from audiotool.audio import read_audio
     from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
-    progress = progress or NullProgress()
-    rt = Runtime.from_options(runtime)
-    loaded = load_task_model(model, "embed", revision=revision, runtime=rt)
-    net, cfg = loaded.model, loaded.config
-    if not isinstance(net, AudioBranch) or not isinstance(cfg, AudioBranchConfig):
-        raise UsageError(f"model {loaded.model_id} is not an audio-branch embedder")
     combined = output.output is not None and output.output.suffix.lstrip(".") in FORMATS
+    planner = output_planner(
+        inputs,
+        dataclasses.replace(output, output=None) if combined else output,
+        default_template="{stem}.{ext}",
+        default_dir=DEFAULT_DIR,
+        single_output=False,
+    )
+    task_model = resolve_task_model(model, "embed", revision=revision)
+    cfg = task_model.config
+    if not isinstance(cfg, AudioBranchConfig):
+        raise UsageError(f"model {task_model.model_id} is not an audio-branch embedder")
+    model_id = task_model.model_id
     if combined:
         assert output.output is not None
         fmt = output.output.suffix.lstrip(".")
+        check_writable(output.output)
         if output.output.exists() and not output.overwrite:
-            from audiotool.errors import OutputExistsError
-
             raise OutputExistsError(
                 f"{output.output} already exists", hint="pass --overwrite to replace it"
             )
-    planner = OutputPlanner(
-        output=None if combined else output.output,
-        template=output.filename,
-        default_template="{stem}.{ext}",
-        default_dir=DEFAULT_DIR,
-        inputs=inputs.files,
-        single_output=False,
-    )
     collected: list[tuple[str, Embedding]] = []
 
-    def one(path: Path) -> FileResult:
-        target = None if combined else planner.path_for(path, ext=fmt, task="embed")
-        if target is not None and check_existing(
-            [target], overwrite=output.overwrite, skip_existing=output.skip_existing
-        ):
-            return FileResult(input=str(path), status="skipped", outputs=[str(target)])
-        audio = read_audio(path)
-        emb = embed_tensor(
-            net, cfg, audio.samples, audio.sample_rate, runtime=rt, progress=progress
-        )
-        details = {
-            "segments": int(emb.segments.shape[0]),
-            "dim": int(emb.pooled.shape[0]),
-            "frames": int(emb.frames.shape[0]),
-            "duration": round(audio.duration, 3),
-        }
-        if combined:
-            collected.append((str(path), emb))
-            return FileResult(input=str(path), details=details)
-        assert target is not None
-        with atomic_output(target, protect=inputs.files) as tmp:
-            if fmt == "npz":
-                tmp.write_bytes(
-                    _npz_bytes(
-                        _arrays(
-                            emb,
-                            model_id=loaded.model_id,
-                            sample_rate=cfg.sample_rate,
-                            pooled_only=pooled_only,
-                        )
+    def targets(path: Path) -> dict[str, Path]:
+        return {"embedding": planner.path_for(path, ext=fmt, task="embed")}
+
+    def start() -> ProcessFn:
+        rt = Runtime.from_options(runtime)
+        net = task_model.load(rt).model
+        assert isinstance(net, AudioBranch)
+
+        def process(item: WorkItem, audio: AudioData) -> Produced:
+            emb = embed_tensor(
+                net, cfg, audio.samples, audio.sample_rate, runtime=rt, progress=progress
+            )
+            details = {
+                "segments": int(emb.segments.shape[0]),
+                "dim": int(emb.pooled.shape[0]),
+                "frames": int(emb.frames.shape[0]),
+                "duration": round(audio.duration, 3),
+            }
+            if combined:
+                collected.append((str(item.input), emb))
+                return Produced(details=details)
+
+            def write(tmp: Path) -> None:
+                if fmt == "npz":
+                    arrays = _arrays(
+                        emb, model_id=model_id, sample_rate=cfg.sample_rate, pooled_only=pooled_only
                     )
-                )
-            elif fmt == "npy":
-                buf = io.BytesIO()
-                np.save(buf, emb.pooled if pooled_only else emb.segments)
-                tmp.write_bytes(buf.getvalue())
-            else:
-                tmp.write_text(
-                    _json_line(
-                        str(path),
+                    tmp.write_bytes(_npz_bytes(arrays))
+                elif fmt == "npy":
+                    buf = io.BytesIO()
+                    np.save(buf, emb.pooled if pooled_only else emb.segments)
+                    tmp.write_bytes(buf.getvalue())
+                else:
+                    line = _json_line(
+                        str(item.input),
                         emb,
-                        model_id=loaded.model_id,
+                        model_id=model_id,
                         sample_rate=cfg.sample_rate,
                         pooled_only=pooled_only,
                     )
-                    + "\n",
-                    encoding="utf-8",
-                )
-        return FileResult(input=str(path), outputs=[str(target)], details=details)
+                    tmp.write_text(line + "\n", encoding="utf-8")
 
-    report = run_batch("embed", inputs, one, fail_fast=output.fail_fast, progress=progress)
+            return Produced(files={"embedding": write}, details=details)
+
+        return process
+
+    report = run_files(
+        "embed",
+        inputs,
+        targets_for=None if combined else targets,
+        start=start,
+        output=output,
+        progress=progress,
+        audio_outputs=False,
+    )
     if combined and collected:
         assert output.output is not None
-        write_combined(
-            output.output,
-            fmt,
-            collected,
-            model_id=loaded.model_id,
-            sample_rate=cfg.sample_rate,
-            pooled_only=pooled_only,
-            protect=inputs.files,
-        )
-        for r in report.results:
-            if r.status == "ok":
+        ok = [r for r in report.results if r.status == "ok"]
+        try:
+            write_combined(
+                output.output,
+                fmt,
+                collected,
+                model_id=model_id,
+                sample_rate=cfg.sample_rate,
+                pooled_only=pooled_only,
+                protect=inputs.files,
+                overwrite=output.overwrite,
+            )
+        except AudiotoolError as exc:  # the summary still lists every file, now failed
+            for r in ok:
+                r.status, r.error, r.hint = "failed", exc.message, exc.hint
+        else:
+            for r in ok:
                 r.outputs = [str(output.output)]
-    report.extra["model"] = loaded.model_id
+    report.extra["model"] = model_id
     return report

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audiotool.paths import ExpandedInputs
 from audiotool.progress import Progress
-from audiotool.tasks._batch import BatchReport, FileResult, run_batch
+from audiotool.tasks._batch import (
+    BatchReport,
+    OutputOptions,
+    Produced,
+    WorkItem,
+    execute,
+    plan_batch,
+)
+
+if TYPE_CHECKING:
+    from audiotool.audio import AudioData
 
 
 def describe_file(path: Path) -> dict[str, Any]:
@@ -17,10 +27,16 @@ def describe_file(path: Path) -> dict[str, Any]:
     frequency with real content. A value well below the Nyquist frequency (``rate / 2``) means
     the file was band-limited (low-rate source, lossy codec) and upsampling can restore it.
     """
-    from audiotool.audio import peak, read_audio, rms, to_db
+    from audiotool.audio import read_audio
+
+    return describe_audio(read_audio(path))
+
+
+def describe_audio(audio: AudioData) -> dict[str, Any]:
+    """:func:`describe_file` of audio already read."""
+    from audiotool.audio import peak, rms, to_db
     from audiotool.dsp import estimate_cutoff
 
-    audio = read_audio(path)
     x = audio.samples
     return {
         "sample_rate": audio.sample_rate,
@@ -41,7 +57,8 @@ def info_batch(
 ) -> BatchReport:
     """:func:`describe_file` over a batch; unreadable files are reported, not fatal."""
 
-    def one(path: Path) -> FileResult:
-        return FileResult(input=str(path), details=describe_file(path))
+    def process(item: WorkItem, audio: AudioData) -> Produced:
+        return Produced(details=describe_audio(audio))
 
-    return run_batch("info", inputs, one, fail_fast=fail_fast, progress=progress)
+    plan = plan_batch("info", inputs)
+    return execute(plan, process, output=OutputOptions(fail_fast=fail_fast), progress=progress)

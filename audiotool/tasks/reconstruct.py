@@ -21,12 +21,23 @@ import torch
 from torch import Tensor
 
 from audiotool.errors import UsageError
-from audiotool.paths import ExpandedInputs, OutputPlanner, atomic_output, check_existing
-from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
-from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+from audiotool.paths import ExpandedInputs, atomic_output, check_writable
+from audiotool.progress import Progress
+from audiotool.tasks._batch import (
+    BatchReport,
+    OutputOptions,
+    ProcessFn,
+    Produced,
+    RuntimeOptions,
+    WorkItem,
+    audio_extension,
+    output_planner,
+    run_files,
+)
+from audiotool.tasks.common import Runtime, chunk_progress, resolve_task_model
 
 if TYPE_CHECKING:
+    from audiotool.audio import AudioData
     from audiotool.models.codec import CodecConfig, WaveCodec
     from audiotool.models.rae import AudioRAE, RAEConfig
 
@@ -57,12 +68,12 @@ def reconstruct_tensor(
     keep_latents: bool = False,
 ) -> Reconstruction:
     """Round-trip ``audio`` ``(C, T)``; see the module docstring."""
-    from audiotool.audio import resample
+    from audiotool.audio import finish, prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
     from audiotool.metrics import log_mel_distance, multi_resolution_stft_distance, si_sdr
 
     rate = config.sample_rate
-    x = resample(audio.float(), sample_rate, rate, device=runtime.device)
+    x = prepare(audio, sample_rate, rate, device=runtime.device)
     chunk, hop = frame_chunking(
         x.shape[-1],
         rate,
@@ -91,10 +102,8 @@ def reconstruct_tensor(
         "log_mel": log_mel_distance(x, y, sample_rate=rate),
         "mrstft": multi_resolution_stft_distance(x, y),
     }
-    back = resample(y, rate, sample_rate)[..., : audio.shape[-1]]
-    if back.shape[-1] < audio.shape[-1]:
-        back = torch.nn.functional.pad(back, (0, audio.shape[-1] - back.shape[-1]))
-    return Reconstruction(audio=back.cpu(), latents=latents.float().cpu(), metrics=metrics)
+    back = finish(y, rate, sample_rate, int(audio.shape[-1]))
+    return Reconstruction(audio=back, latents=latents.float().cpu(), metrics=metrics)
 
 
 def reconstruct_files(
@@ -111,80 +120,63 @@ def reconstruct_files(
     """Round-trip every input and write ``{stem}_reconstruct.wav`` (+ optional latents)."""
     from safetensors.torch import save_file
 
-    from audiotool.audio import read_audio, write_audio
     from audiotool.models.codec import CodecConfig, WaveCodec
     from audiotool.models.rae import AudioRAE, RAEConfig
 
-    progress = progress or NullProgress()
-    rt = Runtime.from_options(runtime)
-    loaded = load_task_model(model, "reconstruct", revision=revision, runtime=rt)
-    net, cfg = loaded.model, loaded.config
-    if not (
-        (isinstance(net, AudioRAE) and isinstance(cfg, RAEConfig))
-        or (isinstance(net, WaveCodec) and isinstance(cfg, CodecConfig))
-    ):
-        raise UsageError(f"model {loaded.model_id} is not a reconstruct model (RAE or codec)")
-    if latents_path is not None and latents_path.suffix != ".safetensors":
-        raise UsageError("--latents must name a .safetensors file")
-    ext = output.format or (
-        output.output.suffix.lstrip(".")
-        if output.output is not None and output.output.suffix
-        else "wav"
+    planner = output_planner(
+        inputs, output, default_template=DEFAULT_TEMPLATE, default_dir=Path(".")
     )
-    planner = OutputPlanner(
-        output=output.output,
-        template=output.filename,
-        default_template=DEFAULT_TEMPLATE,
-        default_dir=Path("."),
-        inputs=inputs.files,
-    )
+    task_model = resolve_task_model(model, "reconstruct", revision=revision)
+    cfg = task_model.config
+    if not isinstance(cfg, (RAEConfig, CodecConfig)):
+        raise UsageError(f"model {task_model.model_id} is not a reconstruct model (RAE or codec)")
+    if latents_path is not None:
+        if latents_path.suffix != ".safetensors":
+            raise UsageError("--latents must name a .safetensors file")
+        check_writable(latents_path)
+    ext = audio_extension(output)
     latents: dict[str, Tensor] = {}
+    frame_seconds: list[float] = []
 
-    def one(path: Path) -> FileResult:
-        target = planner.path_for(path, task="reconstruct", ext=ext)
-        if check_existing([target], overwrite=output.overwrite, skip_existing=output.skip_existing):
-            return FileResult(input=str(path), status="skipped", outputs=[str(target)])
-        audio = read_audio(path)
-        rec = reconstruct_tensor(
-            net,
-            cfg,
-            audio.samples,
-            audio.sample_rate,
-            runtime=rt,
-            progress=progress,
-            chunk_seconds=chunk_seconds,
-            keep_latents=latents_path is not None,
-        )
-        write_audio(
-            target,
-            rec.audio,
-            audio.sample_rate,
-            bit_depth=output.bit_depth,
-            clip=output.clip,
-            fmt=ext,
-            protect=inputs.files,
-        )
-        if latents_path is not None:
-            latents[str(path)] = rec.latents.contiguous()
-        return FileResult(
-            input=str(path),
-            outputs=[str(target)],
-            details={k: round(v, 4) for k, v in rec.metrics.items()},
-        )
+    def targets(path: Path) -> dict[str, Path]:
+        return {"audio": planner.path_for(path, task="reconstruct", ext=ext)}
 
-    report = run_batch("reconstruct", inputs, one, fail_fast=output.fail_fast, progress=progress)
+    def start() -> ProcessFn:
+        rt = Runtime.from_options(runtime)
+        net = task_model.load(rt).model
+        assert isinstance(net, (AudioRAE, WaveCodec))
+        frame_seconds.append(net.frame_samples / cfg.sample_rate)
+
+        def process(item: WorkItem, audio: AudioData) -> Produced:
+            rec = reconstruct_tensor(
+                net,
+                cfg,
+                audio.samples,
+                audio.sample_rate,
+                runtime=rt,
+                progress=progress,
+                chunk_seconds=chunk_seconds,
+                keep_latents=latents_path is not None,
+            )
+            if latents_path is not None:
+                latents[str(item.input)] = rec.latents.contiguous()
+            details = {k: round(v, 4) for k, v in rec.metrics.items()}
+            return Produced({"audio": rec.audio}, audio.sample_rate, details=details)
+
+        return process
+
+    report = run_files(
+        "reconstruct", inputs, targets_for=targets, start=start, output=output, progress=progress
+    )
     if latents_path is not None and latents:
         with atomic_output(latents_path, protect=inputs.files) as tmp:
             save_file(
                 latents,
                 str(tmp),
-                metadata={
-                    "model": loaded.model_id,
-                    "frame_seconds": str(net.frame_samples / cfg.sample_rate),
-                },
+                metadata={"model": task_model.model_id, "frame_seconds": str(frame_seconds[0])},
             )
         report.extra["latents"] = str(latents_path)
-    report.extra["model"] = loaded.model_id
+    report.extra["model"] = task_model.model_id
     ok = [r for r in report.results if r.status == "ok"]
     if ok:
         report.extra["mean"] = {

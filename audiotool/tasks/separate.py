@@ -18,14 +18,30 @@ import torch
 from torch import Tensor
 
 from audiotool.errors import UsageError
-from audiotool.paths import ExpandedInputs, OutputPlanner, check_existing
-from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
-from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+from audiotool.paths import ExpandedInputs
+from audiotool.progress import Progress
+from audiotool.tasks._batch import (
+    BatchReport,
+    OutputOptions,
+    ProcessFn,
+    Produced,
+    RuntimeOptions,
+    WorkItem,
+    output_planner,
+    run_files,
+)
+from audiotool.tasks.common import (
+    Runtime,
+    TaskModel,
+    chunk_progress,
+    load_task_model,
+    resolve_task_model,
+)
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from audiotool.audio import AudioData
     from audiotool.hub import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -88,9 +104,14 @@ def model_stems(config: Any) -> tuple[str, ...]:
 
 
 def choose_stems(available: Sequence[str], wanted: Sequence[str] | None) -> tuple[str, ...]:
-    """Validate ``--stems`` against the model's stems (the error lists them)."""
-    if not wanted:
+    """Validate ``--stems`` against the model's stems (the error lists them); None: all."""
+    if wanted is None:
         return tuple(available)
+    if not wanted:
+        raise UsageError(
+            "--stems is empty: name at least one stem",
+            hint=f"this model produces {', '.join(available)} (omit --stems for all)",
+        )
     unknown = [s for s in wanted if s not in available]
     if unknown:
         raise UsageError(
@@ -196,7 +217,7 @@ def separate_tensor(
     """
     import torch
 
-    from audiotool.audio import resample
+    from audiotool.audio import finish, match_channels, prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor
 
     if isinstance(config, EnsembleConfig):
@@ -215,7 +236,7 @@ def separate_tensor(
     # channel policy: matching count -> as is; otherwise every input channel separately
     # (duplicated to the model's channel count, averaged back)
     per_channel = c_in != model_channels
-    x = resample(audio, sample_rate, rate, device=runtime.device)
+    x = prepare(audio, sample_rate, rate, device=runtime.device)
     processor = OverlapAddProcessor(chunk, hop, rate)
     kwargs = dict(model_kwargs or {})
     chunks_cb = chunk_progress(progress)
@@ -255,26 +276,20 @@ def separate_tensor(
     total = {s: torch.zeros(c_in, x.shape[-1], device=runtime.device) for s in stems}
     for offset in offsets:
         for gi in range(c_in if per_channel else 1):
-            g = x[gi : gi + 1].expand(model_channels, -1) if per_channel else x
+            g = match_channels(x[gi : gi + 1], model_channels) if per_channel else x
             padded = torch.nn.functional.pad(g, (offset, 0)) if offset else g
             out = run(padded)
             for s in stems:
                 y = out[s][..., offset : offset + g.shape[-1]].to(runtime.device)
                 if per_channel:
-                    total[s][gi] += y.mean(0)
+                    total[s][gi] += match_channels(y, 1)[0]
                 else:
                     total[s] += y
     result = {s: v / len(offsets) for s, v in total.items()}
     if options.mixture_consistent:
         excess = (x - sum(result.values())) / len(stems)
         result = {s: v + excess for s, v in result.items()}
-    back = {
-        s: resample(v, rate, sample_rate)[..., :length].float().cpu() for s, v in result.items()
-    }
-    for s, v in back.items():
-        if v.shape[-1] < length:  # resampling rounds; never lose the last sample
-            back[s] = torch.nn.functional.pad(v, (0, length - v.shape[-1]))
-    return back
+    return {s: finish(v, rate, sample_rate, length) for s, v in result.items()}
 
 
 #: families cut and weighted as demucs' ``apply_model`` does (see :class:`DemucsPlan`)
@@ -405,21 +420,6 @@ class EnsembleModule(torch.nn.Module):
         raise NotImplementedError("separate an ensemble with separate_tensor(model, config, ...)")
 
 
-@dataclasses.dataclass
-class LoadedEnsemble:
-    """Several loaded separators used as one (see ``config.members``)."""
-
-    config: EnsembleConfig
-
-    @property
-    def model(self) -> EnsembleModule:
-        return EnsembleModule([m.model for m in self.config.members])
-
-    @property
-    def model_id(self) -> str:
-        return "+".join(m.model_id for m in self.config.members)
-
-
 def _check_scheme_options(config: Any, options: SeparateOptions) -> None:
     """Refuse options a demucs-scheme model cannot honour before any file is read."""
     if getattr(config, "family", None) not in DEMUCS_SCHEME:
@@ -439,47 +439,50 @@ def split_specs(specs: str | Sequence[str] | None) -> list[str]:
     return [p.strip() for item in items for p in item.split(",") if p.strip()]
 
 
-def load_separator(
-    specs: str | Sequence[str] | None,
-    *,
-    revision: str | None,
-    runtime: Runtime,
-    options: SeparateOptions,
-) -> LoadedModel | LoadedEnsemble:
-    """Load one separator, or several as an ensemble (checked before anything runs).
+def resolve_separators(
+    specs: str | Sequence[str] | None, *, revision: str | None, options: SeparateOptions
+) -> tuple[list[TaskModel], tuple[str, ...]]:
+    """Resolve one separator or several (an ensemble) and check the options against their
+    configs, before any weights load; returns the models and the stems they all produce.
 
     Raises:
-        UsageError: unknown ``--ensemble`` method, or a ``--stems`` stem that some model does
-            not produce (the error names the model), or models with no stem in common.
+        UsageError: unknown ``--ensemble`` method, a ``--stems`` stem that some model does not
+            produce (the error names the model), models with no stem in common, or an option a
+            model's scheme cannot honour.
     """
     if options.ensemble not in ENSEMBLE_METHODS:
         raise UsageError(
             f"--ensemble must be one of {list(ENSEMBLE_METHODS)}, got '{options.ensemble}'"
         )
-    names = split_specs(specs)
-    if len(names) <= 1:
-        single = load_task_model(
-            names[0] if names else None, "separate", revision=revision, runtime=runtime
-        )
-        _check_scheme_options(single.config, options)
-        return single
-    members = tuple(
-        load_task_model(n, "separate", revision=revision, runtime=runtime) for n in names
-    )
+    names: list[str | None] = list(split_specs(specs)) or [None]
+    members = [resolve_task_model(n, "separate", revision=revision) for n in names]
     for m in members:
         _check_scheme_options(m.config, options)
     produced = [model_stems(m.config) for m in members]
-    for stem in options.stems or ():
-        for name, have in zip(names, produced, strict=True):
-            if stem not in have:
-                raise UsageError(
-                    f"--stems {stem}: model '{name}' does not produce it",
-                    hint=f"it produces {', '.join(have)}",
-                )
+    if len(members) > 1:
+        for stem in options.stems or ():
+            for name, have in zip(names, produced, strict=True):
+                if stem not in have:
+                    raise UsageError(
+                        f"--stems {stem}: model '{name}' does not produce it",
+                        hint=f"it produces {', '.join(have)}",
+                    )
     common = tuple(s for s in produced[0] if all(s in p for p in produced[1:]))
     if not common:
         raise UsageError(f"the models {names} have no stem in common")
-    return LoadedEnsemble(EnsembleConfig(members=members, stems=common, method=options.ensemble))
+    return members, common
+
+
+def load_separator(
+    members: Sequence[TaskModel], stems: tuple[str, ...], *, runtime: Runtime, method: str
+) -> tuple[nn.Module, Any]:
+    """Load resolved separators: ``(module, config)`` for :func:`separate_tensor` (one model,
+    or an :class:`EnsembleModule` with an :class:`EnsembleConfig`)."""
+    loaded = [m.load(runtime) for m in members]
+    if len(loaded) == 1:
+        return loaded[0].model, loaded[0].config
+    config = EnsembleConfig(members=tuple(loaded), stems=stems, method=method)
+    return EnsembleModule([m.model for m in loaded]), config
 
 
 def combine_stems(estimates: Sequence[Tensor], method: str) -> Tensor:
@@ -584,6 +587,27 @@ def _query_context(config: Any, options: SeparateOptions, runtime: Runtime) -> C
     return lambda audio, rate: {"query": fixed}
 
 
+def check_options(
+    config: Any, options: SeparateOptions, available: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """Validate the options against the model before any file runs; the output names.
+
+    Raises:
+        UsageError: unknown / empty / repeated ``--stems``, a bad chunk plan, or a residual
+            that can only be silence (every stem with ``--mixture-consistent``).
+    """
+    available = tuple(available or model_stems(config))
+    chosen = choose_stems(available, options.stems)
+    chunk_plan(config, options)
+    if options.residual and options.mixture_consistent and set(chosen) == set(available):
+        raise UsageError(
+            "--residual with every stem and --mixture-consistent would write silence "
+            "(the stems then sum exactly to the mixture)",
+            hint="choose some stems with --stems, or drop --residual",
+        )
+    return chosen + ((residual_name(chosen),) if options.residual else ())
+
+
 def separate_files(
     inputs: ExpandedInputs,
     *,
@@ -594,79 +618,66 @@ def separate_files(
     runtime: RuntimeOptions = RuntimeOptions(),
     progress: Progress | None = None,
 ) -> BatchReport:
-    """Separate every input file and write its stems (the ``audiotool separate`` command).
-
-    ``model`` may list several specs: their stems are combined by ``options.ensemble``."""
-    from audiotool.audio import read_audio, write_audio
-
-    progress = progress or NullProgress()
-    rt = Runtime.from_options(runtime)
-    loaded = load_separator(model, revision=revision, runtime=rt, options=options)
-    available = model_stems(loaded.config)
-    chosen = choose_stems(available, options.stems)
-    chunk_plan(loaded.config, options)  # validate options before the first file
-    ext = output.format or "wav"
-    names = list(chosen) + ([residual_name(chosen)] if options.residual else [])
-    planner = OutputPlanner(
-        output=output.output,
-        template=output.filename,
+    """Separate every input file and write its stems (the ``audiotool separate`` command)."""
+    planner = output_planner(
+        inputs,
+        output,
         default_template=DEFAULT_TEMPLATE,
         default_dir=DEFAULT_DIR,
-        inputs=inputs.files,
         single_output=False,
         allowed_fields=frozenset({"track", "stem", "ext", "model", "name", "parent", "task"}),
     )
-    model_name = loaded.model_id.split("/")[-1].replace("zoo:", "").split("@")[0]
-    context_fn = _query_context(loaded.config, options, rt)
+    members, common = resolve_separators(model, revision=revision, options=options)
+    for m in members[1:]:
+        chunk_plan(m.config, options)
+    config = members[0].config
+    names = check_options(config, options, common)
+    chosen = names[: len(names) - 1] if options.residual else names
+    ext = output.format or "wav"
+    model_id = "+".join(m.model_id for m in members)
+    model_name = "+".join(
+        m.model_id.split("/")[-1].replace("zoo:", "").split("@")[0] for m in members
+    )
 
-    def one(path: Path) -> FileResult:
-        targets = {
+    def targets(path: Path) -> dict[str, Path]:
+        return {
             n: planner.path_for(
                 path, track=path.stem, stem=n, ext=ext, model=model_name, task="separate"
             )
             for n in names
         }
-        if check_existing(
-            targets.values(), overwrite=output.overwrite, skip_existing=output.skip_existing
-        ):
-            return FileResult(
-                input=str(path), status="skipped", outputs=[str(t) for t in targets.values()]
-            )
-        audio = read_audio(path)
-        kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
-        stems = separate_tensor(
-            loaded.model,
-            loaded.config,
-            audio.samples,
-            audio.sample_rate,
-            options=options,
-            runtime=rt,
-            progress=progress,
-            model_kwargs=kwargs,
-        )
-        outputs = {n: stems[n] for n in chosen}
-        if options.residual:
-            outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
-        for n, wave in outputs.items():
-            write_audio(
-                targets[n],
-                wave,
+
+    def start() -> ProcessFn:
+        rt = Runtime.from_options(runtime)
+        net, run_config = load_separator(members, common, runtime=rt, method=options.ensemble)
+        context_fn = _query_context(run_config, options, rt) if len(members) == 1 else None
+
+        def process(item: WorkItem, audio: AudioData) -> Produced:
+            kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
+            stems = separate_tensor(
+                net,
+                run_config,
+                audio.samples,
                 audio.sample_rate,
-                bit_depth=output.bit_depth,
-                clip=output.clip,
-                fmt=ext,
-                protect=inputs.files,
+                options=options,
+                runtime=rt,
+                progress=progress,
+                model_kwargs=kwargs,
             )
-        return FileResult(
-            input=str(path),
-            outputs=[str(targets[n]) for n in outputs],
-            details={
+            outputs = {n: stems[n] for n in chosen}
+            if options.residual:
+                outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
+            details = {
                 "stems": list(outputs),
                 "sample_rate": audio.sample_rate,
                 "duration": round(audio.duration, 3),
-            },
-        )
+            }
+            return Produced(outputs, audio.sample_rate, details=details)
 
-    report = run_batch("separate", inputs, one, fail_fast=output.fail_fast, progress=progress)
-    report.extra["model"] = loaded.model_id
+        return process
+
+    report = run_files(
+        "separate", inputs, targets_for=targets, start=start, output=output, progress=progress
+    )
+    report.extra["model"] = model_id
     return report

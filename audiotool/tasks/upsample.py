@@ -30,12 +30,23 @@ import torch
 from torch import Tensor
 
 from audiotool.errors import UsageError
-from audiotool.paths import ExpandedInputs, OutputPlanner, check_existing
+from audiotool.paths import ExpandedInputs
 from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions, run_batch
-from audiotool.tasks.common import Runtime, chunk_progress, load_task_model
+from audiotool.tasks._batch import (
+    BatchReport,
+    OutputOptions,
+    ProcessFn,
+    Produced,
+    RuntimeOptions,
+    WorkItem,
+    audio_extension,
+    output_planner,
+    run_files,
+)
+from audiotool.tasks.common import Runtime, chunk_progress, resolve_task_model
 
 if TYPE_CHECKING:
+    from audiotool.audio import AudioData
     from audiotool.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 
 log = logging.getLogger(__name__)
@@ -128,7 +139,7 @@ def upsample_tensor(
 
     Returns the ``(C, round(T * output_rate / sample_rate))`` result on the CPU.
     """
-    from audiotool.audio import resample
+    from audiotool.audio import fit_length, prepare, resample
     from audiotool.dsp import (
         estimate_cutoff,
         lowpass,
@@ -146,7 +157,7 @@ def upsample_tensor(
     c, length = int(audio.shape[0]), int(audio.shape[-1])
     out_len = int(round(length * options.output_rate / sample_rate))
     nyquist = rate / 2
-    x = resample(audio.float(), sample_rate, rate, device=dev)
+    x = prepare(audio, sample_rate, rate, device=dev)
     t48 = x.shape[-1]
     if options.cutoff is not None:
         if not 0 < options.cutoff < nyquist:
@@ -157,7 +168,7 @@ def upsample_tensor(
     if cutoff >= FULL_BAND_FRACTION * nyquist or cutoff <= 0:
         log.warning("content already reaches %.0f Hz: nothing to generate, resampling only", cutoff)
         y = resample(x, rate, options.output_rate)
-        return UpsampleResult(_fit(y.cpu(), out_len), cutoff, 0, generated=False)
+        return UpsampleResult(fit_length(y.cpu(), out_len), cutoff, 0, generated=False)
 
     steps = options.steps or config.default_steps
     guidance = config.default_guidance if options.guidance is None else options.guidance
@@ -240,7 +251,9 @@ def upsample_tensor(
     if options.output_rate != rate:
         out = resample(out, rate, options.output_rate)
     n_chunks = len(plan_spans(cond_latent.shape[2], lat_chunk, min(lat_overlap, lat_chunk - 1)))
-    return UpsampleResult(_fit(out.float().cpu(), out_len), cutoff, n_chunks * c, generated=True)
+    return UpsampleResult(
+        fit_length(out.float().cpu(), out_len), cutoff, n_chunks * c, generated=True
+    )
 
 
 def _encode_chunked(model: LatentDiffusion, mel: Tensor, chunk: int, overlap: int) -> Tensor:
@@ -268,10 +281,22 @@ class _StepBar:
         self.progress.update("steps", i, n)
 
 
-def _fit(x: Tensor, length: int) -> Tensor:
-    if x.shape[-1] >= length:
-        return x[..., :length]
-    return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> None:
+    """Validate options against the model before any file runs (usage errors, exit code 2)."""
+    nyquist = config.sample_rate / 2
+    if options.cutoff is not None and not 0 < options.cutoff < nyquist:
+        raise UsageError(
+            f"--cutoff must be between 0 and {nyquist:g} Hz (the model works at "
+            f"{config.sample_rate} Hz), got {options.cutoff:g}"
+        )
+    chunk_s = options.chunk_seconds or config.chunk_seconds
+    overlap_s = (
+        config.overlap_seconds if options.overlap_seconds is None else options.overlap_seconds
+    )
+    if overlap_s >= chunk_s:
+        raise UsageError(
+            f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
+        )
 
 
 def upsample_files(
@@ -285,63 +310,51 @@ def upsample_files(
     progress: Progress | None = None,
 ) -> BatchReport:
     """Upsample every input and write ``{stem}_upsample.wav`` (the ``audiotool upsample`` job)."""
-    from audiotool.audio import read_audio, write_audio
-
-    progress = progress or NullProgress()
-    rt = Runtime.from_options(runtime)
-    loaded = load_task_model(model, "upsample", revision=revision, runtime=rt)
     from audiotool.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 
-    model_, config_ = loaded.model, loaded.config
-    if not isinstance(model_, LatentDiffusion) or not isinstance(config_, LatentDiffusionConfig):
-        raise UsageError(f"model {loaded.model_id} is not a latent-diffusion upsampler")
-    ext = output.format or (
-        output.output.suffix.lstrip(".")
-        if output.output is not None and output.output.suffix
-        else "wav"
+    planner = output_planner(
+        inputs, output, default_template=DEFAULT_TEMPLATE, default_dir=Path(".")
     )
-    planner = OutputPlanner(
-        output=output.output,
-        template=output.filename,
-        default_template=DEFAULT_TEMPLATE,
-        default_dir=Path("."),
-        inputs=inputs.files,
+    task_model = resolve_task_model(model, "upsample", revision=revision)
+    config = task_model.config
+    if not isinstance(config, LatentDiffusionConfig):
+        raise UsageError(f"model {task_model.model_id} is not a latent-diffusion upsampler")
+    check_options(config, options)
+    ext = audio_extension(output)
+
+    def targets(path: Path) -> dict[str, Path]:
+        return {"audio": planner.path_for(path, task="upsample", ext=ext)}
+
+    def start() -> ProcessFn:
+        rt = Runtime.from_options(runtime)
+        net = task_model.load(rt).model
+        assert isinstance(net, LatentDiffusion)
+
+        def process(item: WorkItem, audio: AudioData) -> Produced:
+            result = upsample_tensor(
+                net,
+                config,
+                audio.samples,
+                audio.sample_rate,
+                options=options,
+                runtime=rt,
+                progress=progress,
+            )
+            details: dict[str, Any] = {
+                "input_rate": audio.sample_rate,
+                "output_rate": options.output_rate,
+                "channels": audio.channels,
+                "duration": round(audio.duration, 3),
+                "cutoff_hz": round(result.cutoff_hz, 1),
+                "generated": result.generated,
+                "chunks": result.chunks,
+            }
+            return Produced({"audio": result.audio}, options.output_rate, details=details)
+
+        return process
+
+    report = run_files(
+        "upsample", inputs, targets_for=targets, start=start, output=output, progress=progress
     )
-
-    def one(path: Path) -> FileResult:
-        target = planner.path_for(path, task="upsample", ext=ext)
-        if check_existing([target], overwrite=output.overwrite, skip_existing=output.skip_existing):
-            return FileResult(input=str(path), status="skipped", outputs=[str(target)])
-        audio = read_audio(path)
-        result = upsample_tensor(
-            model_,
-            config_,
-            audio.samples,
-            audio.sample_rate,
-            options=options,
-            runtime=rt,
-            progress=progress,
-        )
-        write_audio(
-            target,
-            result.audio,
-            options.output_rate,
-            bit_depth=output.bit_depth,
-            clip=output.clip,
-            fmt=ext,
-            protect=inputs.files,
-        )
-        details: dict[str, Any] = {
-            "input_rate": audio.sample_rate,
-            "output_rate": options.output_rate,
-            "channels": audio.channels,
-            "duration": round(audio.duration, 3),
-            "cutoff_hz": round(result.cutoff_hz, 1),
-            "generated": result.generated,
-            "chunks": result.chunks,
-        }
-        return FileResult(input=str(path), outputs=[str(target)], details=details)
-
-    report = run_batch("upsample", inputs, one, fail_fast=output.fail_fast, progress=progress)
-    report.extra["model"] = loaded.model_id
+    report.extra["model"] = task_model.model_id
     return report

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from audiotool.audio import fit_length
 from audiotool.errors import InputError
 from audiotool.paths import is_audio_path
 
@@ -62,9 +63,7 @@ class ClipIndex:
             x = x.mean(0, keepdim=True)
         if item.rate != rate:
             x = resample(x, item.rate, rate)
-        if x.shape[-1] < length:
-            x = torch.nn.functional.pad(x, (0, length - x.shape[-1]))
-        return x[..., :length]
+        return fit_length(x, length)
 
     def random_crop(
         self,
@@ -103,6 +102,4 @@ class SongIndex:
             always_2d=True,
         )
         x = torch.from_numpy(data.T.copy())
-        if x.shape[-1] < length:
-            x = torch.nn.functional.pad(x, (0, length - x.shape[-1]))
-        return x
+        return fit_length(x, length)

@@ -88,7 +88,7 @@ def test_models_info_errors_are_one_line(
     empty_zoo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run_main(["models", "info", "nosuch"], capsys)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""  # an unknown model spec is a usage error
     assert err.count("\n") == 1 and err.startswith("audiotool: error: model 'nosuch'")
 
 
@@ -118,7 +118,7 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
         env=_clean_env(),
         timeout=120,
     )
-    assert proc.returncode == 1 and "no such file" in proc.stderr
+    assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
 def test_python_dash_m() -> None:

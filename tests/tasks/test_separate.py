@@ -185,7 +185,7 @@ def test_cli_errors(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixtur
         ],
         capsys,
     )
-    assert code == 1 and "escapes" in err
+    assert code == 2 and "escapes" in err  # a usage error, found before the model runs
     code, _, err = run_main(
         [
             "separate",
@@ -201,7 +201,8 @@ def test_cli_errors(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixtur
         ],
         capsys,
     )
-    assert code == 1 and "flac" in err
+    assert code == 2 and "flac" in err
+    assert not (tmp_path / "x").exists()  # refused before anything runs
 
 
 def test_query_models_get_a_context_once_per_file(
