@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 from audiotool.errors import UsageError
@@ -61,27 +59,3 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             raise UsageError("--precision fp16 needs a GPU", hint="use bf16 or fp32 on the CPU")
         return torch.float16
     return torch.bfloat16
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """``torch.autocast`` for a reduced-precision dtype, or nothing for fp32."""
-    import torch
-
-    if dtype is None:
-        yield
-        return
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
-
-
-def make_generator(seed: int | None, device: torch.device | None = None) -> torch.Generator:
-    """A ``torch.Generator`` on the CPU seeded with ``seed`` (0 when None).
-
-    Noise is drawn on the CPU and moved, so the same seed gives the same result on any device.
-    """
-    import torch
-
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(0 if seed is None else int(seed))
-    return gen

@@ -93,12 +93,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in get_args(tp):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} does not match {tp}")
     if tp is type(None):
         if value is None:

@@ -232,10 +232,6 @@ class AudioRAE(nn.Module):
             out = F.pad(out, (0, t - out.shape[-1]))
         return out[..., :t]
 
-    def chunk_model(self, chunk: Tensor) -> Tensor:
-        """Engine adapter: ``(N, 1, L)`` -> ``(N, 1, L)``."""
-        return self(chunk[:, 0])[:, None]
-
     @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store the normalisation statistics (saved in the checkpoint)."""

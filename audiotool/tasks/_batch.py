@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from audiotool.errors import AudiotoolError, InputError
+from audiotool.errors import AudiotoolError, InputError, debug_enabled
 from audiotool.paths import ExpandedInputs
 from audiotool.progress import NullProgress, Progress
 
@@ -124,10 +123,6 @@ class BatchReport:
         }
 
 
-def _debug() -> bool:
-    return os.environ.get("AUDIOTOOL_DEBUG", "").strip() not in ("", "0")
-
-
 def run_batch(
     task: str,
     inputs: ExpandedInputs,
@@ -159,7 +154,7 @@ def run_batch(
             log.debug("%s failed", path, exc_info=True)
             result = _failure(str(path), exc, time.perf_counter() - t0)
         except Exception as exc:  # a bug: keep the batch going, but say so plainly
-            if _debug():
+            if debug_enabled():
                 raise
             log.debug("%s crashed", path, exc_info=True)
             result = FileResult(
