@@ -16,19 +16,15 @@ crops). Each encoder frame covers 1280 samples, so chunk and hop lengths must be
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiotool.errors import UsageError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
-
-PoolingType = Literal["attention", "max", "avg", "learnable"]
+from audiotool.models._config import ModelFamily
+from audiotool.models.configs import AudioBranchConfig, PoolingType
 
 
 class LogMel(nn.Module):
@@ -390,33 +386,6 @@ def supcon(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     return -mean_pos.mean()
 
 
-@dataclasses.dataclass(frozen=True)
-class AudioBranchConfig(ModelConfig):
-    """Config of the ``audio_branch`` family."""
-
-    family: ClassVar[str] = "audio_branch"
-    task: ClassVar[str] = "embed"
-
-    sample_rate: int = 16000
-    n_fft: int = 512
-    win_length: int = 400
-    hop: int = 160
-    n_mels: int = 80
-    subsampling_channels: int = 256
-    d_model: int = 512
-    num_heads: int = 8
-    ffn_dim: int = 2048
-    num_layers: int = 4
-    conv_kernel: int = 31
-    num_segments: int = 8
-    pooling: PoolingType = "attention"
-    temporal_encoding: bool = True
-    dropout: float = 0.1
-    normalize: bool = False
-    chunk_seconds: float = 10.24
-    hop_seconds: float = 5.12
-
-
 def build_model(cfg: AudioBranchConfig) -> AudioBranch:
     """The :class:`AudioBranch` described by ``cfg``."""
     return AudioBranch(
@@ -458,8 +427,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[AudioBranchConfig] = ModelFamily(
-    name="audio_branch",
-    task="embed",
     config_cls=AudioBranchConfig,
     build=build_model,
     presets=PRESETS,

@@ -19,8 +19,7 @@ blocks) into a log-mel, which Griffin-Lim (no training) or HiFi-GAN turns into a
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar, Literal, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +28,11 @@ from torchaudio.models import Wav2Vec2Model
 
 from audiotool.errors import ConfigError, InputError, UsageError
 from audiotool.features import AudioSRMel
-from audiotool.models._config import ModelConfig
+from audiotool.models._config import ModelFamily
 from audiotool.models.audio_branch import AudioBranch
 from audiotool.models.audio_branch import build_model as build_branch
-from audiotool.models.registry import ModelFamily
+from audiotool.models.configs import EncoderKind, RAEConfig
 from audiotool.models.vocoder import GriffinLimVocoder, HiFiGANGenerator
-
-EncoderKind = Literal["wav2vec2", "hubert", "spectrogram_vit", "audio_branch"]
 
 
 class SpectrogramViT(nn.Module):
@@ -287,62 +284,6 @@ def rae_loss(model: AudioRAE, wave: Tensor, *, stft_weight: float = 1.0) -> Tens
 # --------------------------------------------------------------------------- config + family
 
 
-@dataclasses.dataclass(frozen=True)
-class RAEConfig(ModelConfig):
-    """Config of the ``rae`` family."""
-
-    family: ClassVar[str] = "rae"
-    task: ClassVar[str] = "reconstruct"
-
-    sample_rate: int = 16000
-    encoder: EncoderKind = "spectrogram_vit"
-    # mel target / front-end
-    n_fft: int = 1024
-    hop: int = 160
-    n_mels: int = 80
-    # wav2vec2 / HuBERT (torchaudio wav2vec2_model arguments)
-    w2v_extractor_mode: Literal["group_norm", "layer_norm"] = "group_norm"
-    w2v_conv_layers: tuple[tuple[int, int, int], ...] = (
-        (512, 10, 5),
-        (512, 3, 2),
-        (512, 3, 2),
-        (512, 3, 2),
-        (512, 3, 2),
-        (512, 2, 2),
-        (512, 2, 2),
-    )
-    w2v_conv_bias: bool = False
-    w2v_embed_dim: int = 768
-    w2v_pos_conv_kernel: int = 128
-    w2v_pos_conv_groups: int = 16
-    w2v_num_layers: int = 12
-    w2v_num_heads: int = 12
-    w2v_ff_dim: int = 3072
-    w2v_layer_norm_first: bool = False
-    w2v_layer: int = -1
-    # spectrogram ViT
-    vit_dim: int = 192
-    vit_depth: int = 4
-    vit_heads: int = 4
-    vit_patch_mel: int = 16
-    vit_patch_t: int = 4
-    vit_out_dim: int = 192
-    # audio branch encoder (its preset's sizes)
-    branch_d_model: int = 192
-    branch_num_layers: int = 4
-    branch_num_heads: int = 4
-    branch_ffn_dim: int = 768
-    branch_subsampling_channels: int = 64
-    # decoder + vocoder
-    decoder_dim: int = 256
-    decoder_depth: int = 4
-    decoder_heads: int = 4
-    vocoder: Literal["griffinlim", "hifigan"] = "griffinlim"
-    griffinlim_iters: int = 32
-    chunk_seconds: float = 5.12
-    hop_seconds: float = 2.56
-
-
 def _encoder(cfg: RAEConfig) -> tuple[nn.Module, int, int]:
     """(encoder, latent dim, samples per latent frame)."""
     if cfg.encoder in ("wav2vec2", "hubert"):
@@ -479,8 +420,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[RAEConfig] = ModelFamily(
-    name="rae",
-    task="reconstruct",
     config_cls=RAEConfig,
     build=build_model,
     presets=PRESETS,

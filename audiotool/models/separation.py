@@ -18,19 +18,16 @@ query-based extraction; seed 004's multi-query case).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiotool.errors import UsageError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
-
-STEMS4 = ("vocals", "drums", "bass", "other")
+from audiotool.models._config import ModelFamily
+from audiotool.models.configs import STEMS4, BandSplitConfig
 
 
 def band_edges(
@@ -225,33 +222,6 @@ class BandSplitSeparator(nn.Module):
 # --------------------------------------------------------------------------- config + family
 
 
-@dataclasses.dataclass(frozen=True)
-class BandSplitConfig(ModelConfig):
-    """Config of the ``bandsplit`` family."""
-
-    family: ClassVar[str] = "bandsplit"
-    task: ClassVar[str] = "separate"
-
-    sample_rate: int = 44100
-    stems: tuple[str, ...] = STEMS4
-    audio_channels: int = 2
-    n_fft: int = 2048
-    hop: int = 512
-    band_layout: Literal["musical", "uniform"] = "musical"
-    num_bands: int = 16
-    feature_dim: int = 64
-    num_layers: int = 4
-    time_model: Literal["lstm", "conv"] = "lstm"
-    conv_dilations: tuple[int, ...] = (1, 2, 4)
-    mask_hidden: int = 128
-    query_dim: int = 0
-    #: where the query comes from when query_dim > 0: a reference clip given by the user, or
-    #: the whole mixture itself (a per-file global context, computed once per file)
-    query_source: Literal["reference", "mixture"] = "reference"
-    default_chunk_seconds: float = 6.0
-    default_hop_seconds: float = 3.0
-
-
 def build_model(cfg: BandSplitConfig) -> BandSplitSeparator:
     return BandSplitSeparator(
         stems=cfg.stems,
@@ -312,8 +282,6 @@ def separation_loss(est: Mapping[str, Tensor], ref: Mapping[str, Tensor]) -> Ten
 
 
 FAMILY: ModelFamily[BandSplitConfig] = ModelFamily(
-    name="bandsplit",
-    task="separate",
     config_cls=BandSplitConfig,
     build=build_model,
     presets={"tiny": tiny_config, "small": small_config, "base": base_config},
