@@ -419,10 +419,23 @@ def count_parameters(path: Path) -> int:
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """A freshly initialised model of the config's family (fixed registry, no dynamic import)."""
+    """A freshly initialised model of the config's family (fixed registry, no dynamic import).
+
+    Raises:
+        ConfigError: the config names an unknown family or describes a model that cannot be
+            built (inconsistent sizes: the family's own checks, or torch's layers refusing
+            their arguments).
+    """
     from audiotool.models.registry import get_family
 
-    return get_family(config.family).build(config)
+    family = get_family(config.family)
+    try:
+        return family.build(config)
+    except (ValueError, AssertionError) as exc:  # torch layers check their arguments so
+        raise ConfigError(
+            f"a '{family.name}' model cannot be built from this config: {exc}",
+            hint="fix the config's sizes (config.json or the recipe's overrides)",
+        ) from exc
 
 
 def load_weights(model: nn.Module, path: Path, *, device: str | torch.device = "cpu") -> None:

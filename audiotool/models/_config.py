@@ -90,6 +90,8 @@ class ModelConfig:
             kwargs[name] = _coerce(value, hints[name], f"{source}: parameter '{name}'")
         try:
             return cls(**kwargs)
+        except ConfigError as exc:  # a check of the class's __post_init__
+            raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from exc
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 

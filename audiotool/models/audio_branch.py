@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotool.errors import UsageError
+from audiotool.errors import ConfigError
 from audiotool.models._config import ModelFamily
 from audiotool.models.configs import AudioBranchConfig, PoolingType
 
@@ -170,7 +170,9 @@ class SegmentAttentionPooling(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in ("attention", "max", "avg", "learnable"):
-            raise UsageError(f"pooling must be one of attention/max/avg/learnable, got {pooling!r}")
+            raise ConfigError(
+                f"pooling must be one of attention/max/avg/learnable, got {pooling!r}"
+            )
         self.dim, self.num_segments, self.pooling = dim, num_segments, pooling
         self.temporal_encoding = temporal_encoding
         if pooling == "attention":

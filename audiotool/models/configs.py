@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
+from audiotool.errors import ConfigError
 from audiotool.models._config import ModelConfig
 
 #: the four stems of MUSDB-style separation
@@ -80,7 +81,9 @@ class LatentDiffusionConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.sample_rate % self.hop:
-            raise ValueError("sample_rate must be a multiple of hop")
+            raise ConfigError(
+                f"sample_rate ({self.sample_rate}) must be a multiple of hop ({self.hop})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from audiotool.errors import UsageError
+from audiotool.errors import InputError
 from audiotool.models._config import ModelFamily
 from audiotool.models.configs import HDemucsConfig
 
@@ -54,7 +54,7 @@ class HDemucsSeparator(nn.Module):
             if c == 1:
                 x = mixture.expand(-1, self.audio_channels, -1)
             else:
-                raise UsageError(f"model expects {self.audio_channels} channels, got {c}")
+                raise InputError(f"model expects {self.audio_channels} channels, got {c}")
         y = self.model(x.contiguous())  # (B, S, C, T)
         if c == 1:
             y = y.mean(dim=2, keepdim=True)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.errors import ConfigError
 from audiotool.features import AudioSRMel
 from audiotool.models._config import ModelFamily
 from audiotool.models.autoencoder import AutoencoderKL, IdentityFirstStage
@@ -236,7 +237,10 @@ def build_model(cfg: LatentDiffusionConfig) -> LatentDiffusion:
     vocoder: nn.Module
     if cfg.vocoder == "hifigan":
         if hop != cfg.hop:
-            raise ValueError(f"hifigan_rates multiply to {hop}, not hop={cfg.hop}")
+            raise ConfigError(
+                f"hifigan_rates {list(cfg.hifigan_rates)} multiply to {hop}, not hop={cfg.hop}",
+                hint="the vocoder must upsample mel frames by exactly the hop",
+            )
         vocoder = HiFiGANGenerator(
             n_mels=cfg.n_mels,
             upsample_rates=cfg.hifigan_rates,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.models import Wav2Vec2Model
 
-from audiotool.errors import ConfigError, InputError, UsageError
+from audiotool.errors import ConfigError, InputError
 from audiotool.features import AudioSRMel
 from audiotool.models._config import ModelFamily
 from audiotool.models.audio_branch import AudioBranch
@@ -336,7 +336,7 @@ def _encoder(cfg: RAEConfig) -> tuple[nn.Module, int, int]:
             )
         )
         return branch, cfg.branch_d_model, branch.frame_samples
-    raise UsageError(f"unknown RAE encoder {cfg.encoder!r}")
+    raise ConfigError(f"unknown RAE encoder {cfg.encoder!r}")
 
 
 HIFIGAN_UPSAMPLE_RATES = (5, 4, 4, 2)  # product 160 = the mel hop the vocoder needs

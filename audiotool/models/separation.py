@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotool.errors import UsageError
+from audiotool.errors import ConfigError, InputError
 from audiotool.models._config import ModelFamily
 from audiotool.models.configs import STEMS4, BandSplitConfig
 
@@ -52,7 +52,7 @@ def band_edges(
                 f += width
         cuts = sorted({min(n_bins, round(c / hz_per_bin)) for c in cuts_hz} | {n_bins})
     else:
-        raise UsageError(f"band layout must be 'musical' or 'uniform', got {layout!r}")
+        raise ConfigError(f"band layout must be 'musical' or 'uniform', got {layout!r}")
     edges = [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
     return edges
 
@@ -178,7 +178,7 @@ class BandSplitSeparator(nn.Module):
         """``(B, C, T)`` mixture (optional ``query`` ``(B|1, Q)``) -> ``{stem: (B, C, T)}``."""
         b, c, t = mixture.shape
         if c != self.channels:
-            raise UsageError(f"model expects {self.channels} channels, got {c}")
+            raise InputError(f"model expects {self.channels} channels, got {c}")
         pad = max((-t) % self.hop, self.n_fft - t)  # whole hops, and at least one window
         x = F.pad(mixture, (0, pad)) if pad > 0 else mixture
         spec = self._stft(x.float())  # (B, C, F, N)
@@ -192,7 +192,7 @@ class BandSplitSeparator(nn.Module):
         k, d = h.shape[1], h.shape[-1]
         if self.query_film is not None:
             if query is None:
-                raise UsageError("this model needs a query embedding (query=...)")
+                raise InputError("this model needs a query embedding (query=...)")
             gamma, beta = self.query_film(query.float()).chunk(2, dim=-1)
             h = h * (1 + gamma[:, None, None, :]) + beta[:, None, None, :]
         for time_layer, band_layer in zip(self.time_layers, self.band_layers, strict=True):

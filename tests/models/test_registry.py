@@ -55,10 +55,31 @@ def test_models_info_does_not_import_torch() -> None:
         "from audiotool.cli.app import app\n"
         "r = CliRunner().invoke(app, ['models', 'info', 'upsample-tiny', '--json'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "assert '\"task\": \"upsample\"' in r.output, r.output\n"
+        'assert \'"task": "upsample"\' in r.output, r.output\n'
         "assert 'torch' not in sys.modules\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_inconsistent_configs_are_config_errors_at_build_time() -> None:
+    from audiotool.hub import build_model
+    from audiotool.models.configs import AudioBranchConfig, LatentDiffusionConfig
+
+    bad_rates = LatentDiffusionConfig(hifigan_rates=(6, 5, 4, 2, 1))
+    with pytest.raises(ConfigError, match="hifigan_rates"):
+        build_model(bad_rates)
+    with pytest.raises(ConfigError, match="multiple of hop"):
+        LatentDiffusionConfig(hop=7)
+    with pytest.raises(ConfigError, match="config.json: sample_rate"):
+        registry.config_from_dict({"family": "latent_diffusion", "hop": 7})
+    heads = AudioBranchConfig(d_model=30, num_heads=4, ffn_dim=8, num_layers=1)
+    with pytest.raises(ConfigError, match="cannot be built"):  # torch's own check
+        build_model(heads)
+
+
+def test_model_code_raises_no_usage_error() -> None:
+    for path in (ROOT / "audiotool" / "models").glob("*.py"):
+        assert "UsageError" not in path.read_text(encoding="utf-8"), path.name
