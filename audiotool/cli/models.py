@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from audiotool.cli._options import JsonOpt, RevisionOpt
+from audiotool.cli._options import FLAG, JsonOpt, RevisionOpt
 
 app = typer.Typer(
     help="List, inspect, download and convert models.",
@@ -177,10 +177,13 @@ def convert_model(
     checkpoint: Annotated[Path, typer.Argument(help="The pickle checkpoint to read.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
     global_encoder: Annotated[
-        bool, typer.Option("--global-encoder", help="audiosr: add the (untrained) global encoder.")
+        bool,
+        typer.Option(
+            "--global-encoder", help="audiosr: add the (untrained) global encoder.", metavar=FLAG
+        ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing folder.")
+        bool, typer.Option("--overwrite", help="Replace an existing folder.", metavar=FLAG)
     ] = False,
 ) -> None:
     """Convert a public checkpoint into audiotool's format (read with weights_only=True)."""

@@ -67,12 +67,15 @@ class RuntimeOptions:
         batch_size: chunks per forward pass (halved automatically on out-of-memory); None:
             :data:`DEFAULT_BATCH_CPU` on the CPU, :data:`DEFAULT_BATCH_ACCELERATOR` elsewhere.
         seed: seed of every random draw (outputs are deterministic for a seed).
+        threads: torch's CPU threads; None: the CPUs this process may use
+            (:func:`audiotool.device.available_cpus`), or ``OMP_NUM_THREADS`` when set.
     """
 
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int | None = None
     seed: int = 0
+    threads: int | None = None
 
 
 @dataclasses.dataclass
