@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from audiotool.errors import UsageError
+from audiotool.features import log_mel_power
+from audiotool.losses import multi_resolution_stft_loss
 
 
 def _pair(ref: Tensor, est: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,18 +117,6 @@ def csdr(ref: Tensor, est: Tensor, sample_rate: int) -> float:
     return float(np.nanmedian(sdr))
 
 
-def log_mel_power(x: Tensor, *, sample_rate: int = 16000) -> Tensor:
-    """log10 mel power spectrogram ``(..., T) -> (..., 80, N)`` (n_fft 1024, hop 256, Hann,
-    centred, floor 1e-5), in ``x``'s dtype and device and differentiable: the representation
-    :func:`log_mel_distance` compares (training losses use it too)."""
-    from audiotool.features import mel_basis
-
-    basis = mel_basis(sample_rate, 1024, 80, 0.0, sample_rate / 2).to(x.device, x.dtype)
-    win = torch.hann_window(1024, dtype=x.dtype, device=x.device)
-    spec = torch.stft(x, 1024, 256, window=win, return_complex=True).abs().pow(2)
-    return torch.log10((basis @ spec).clamp(min=1e-5))
-
-
 def log_mel_distance(ref: Tensor, est: Tensor, *, sample_rate: int = 16000) -> float:
     """Mean absolute difference of log10 mel power spectrograms (:func:`log_mel_power`, in
     float64), averaged over channels — a single-scale, DAC-like mel distance (DAC uses 7
@@ -143,12 +133,4 @@ def multi_resolution_stft_distance(
     multi-resolution STFT loss), averaged over FFT sizes 512 / 1024 / 2048 with hop n/4 and a
     full-length Hann window (Parallel WaveGAN uses other hops and windows)."""
     r, e = _pair(ref, est)
-    total = 0.0
-    for n in fft_sizes:
-        win = torch.hann_window(n, dtype=torch.float64)
-        mr = torch.stft(r, n, n // 4, window=win, return_complex=True).abs()
-        me = torch.stft(e, n, n // 4, window=win, return_complex=True).abs()
-        sc = float(torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp(min=1e-12))
-        mag = float((torch.log(mr.clamp(min=1e-7)) - torch.log(me.clamp(min=1e-7))).abs().mean())
-        total += sc + mag
-    return total / len(fft_sizes)
+    return float(multi_resolution_stft_loss(r, e, fft_sizes, norm_floor=1e-12))

@@ -214,8 +214,8 @@ def codec_loss(
     phase is not learnt (measured: SI-SDR about -37 dB after 400 steps, against -5 to -7 dB with
     them).
     """
-    from audiotool.metrics import log_mel_power
-    from audiotool.models.rae import multi_resolution_stft_loss
+    from audiotool.features import log_mel_power
+    from audiotool.losses import multi_resolution_stft_loss
 
     t = wave.shape[-1]
     if t % model.frame_samples or t < model.min_samples:

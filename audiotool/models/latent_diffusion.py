@@ -19,7 +19,6 @@ Deliberate deviations from AudioSR, all documented where they happen:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.schedules import cosine_betas
 from audiotool.errors import ConfigError
 from audiotool.features import AudioSRMel
 from audiotool.models._config import ModelFamily
@@ -41,10 +41,7 @@ def _schedule_buffers(num_steps: int, s: float) -> dict[str, Tensor]:
     float64 cosine (Nichol & Dhariwal 2021, eq. 17, no clipping) and every buffer derived in
     float64 before the float32 cast (deriving them from a float32 ᾱ is off by up to 6e-4
     relative in β)."""
-    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps + s
-    f = torch.cos(t / (1 + s) * math.pi / 2) ** 2
-    f = f / f[0]
-    betas = 1 - f[1:] / f[:-1]
+    betas = cosine_betas(num_steps, s)
     alphas = 1 - betas
     ac = torch.cumprod(alphas, dim=0)
     prev = torch.cat([ac.new_ones(1), ac[:-1]])

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torchaudio.models import Wav2Vec2Model
 
 from audiotool.errors import ConfigError, InputError
-from audiotool.features import AudioSRMel
+from audiotool.features import AudioSRMel, sinusoidal_positions
+from audiotool.losses import multi_resolution_stft_loss
 from audiotool.models._config import ModelFamily
 from audiotool.models.audio_branch import AudioBranch
 from audiotool.models.audio_branch import build_model as build_branch
@@ -68,16 +69,10 @@ class SpectrogramViT(nn.Module):
         n_t = n // self.patch_t
         x = self.embed(mel[:, None, : n_t * self.patch_t])  # (B, dim, n_t, rows)
         x = x.permute(0, 2, 3, 1) + self.row_pos  # (B, n_t, rows, dim)
-        t_pos = _sinusoid(n_t, self.dim, mel.device)[None, :, None]
+        t_pos = sinusoidal_positions(n_t, self.dim, device=mel.device)[None, :, None]
         x = (x + t_pos).reshape(b, n_t * self.rows, self.dim)
         x = self.blocks(x).reshape(b, n_t, self.rows * self.dim)
         return self.out(x)
-
-
-def _sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
-    from audiotool.models.global_encoder import sinusoidal_positions
-
-    return sinusoidal_positions(n, dim, device=device)
 
 
 class MelDecoder(nn.Module):
@@ -116,7 +111,7 @@ class MelDecoder(nn.Module):
         h = self.inp(z).transpose(1, 2)
         h = self.up(h)[..., :n]
         h = h + self.convs(h)
-        h = h.transpose(1, 2) + _sinusoid(n, self.dim, z.device)[None]
+        h = h.transpose(1, 2) + sinusoidal_positions(n, self.dim, device=z.device)[None]
         return self.out(self.blocks(h))
 
 
@@ -240,23 +235,6 @@ def compute_latent_stats(latents: Tensor) -> tuple[Tensor, Tensor]:
     """Per-dimension mean and std over every frame of ``(B, L, D)`` latents."""
     flat = latents.reshape(-1, latents.shape[-1]).double()
     return flat.mean(0).float(), flat.std(0).float()
-
-
-def multi_resolution_stft_loss(
-    ref: Tensor, est: Tensor, fft_sizes: tuple[int, ...] = (512, 1024, 2048)
-) -> Tensor:
-    """Differentiable multi-resolution STFT loss between ``(B, T)`` waveforms: spectral
-    convergence + log-magnitude L1, averaged over FFT sizes (hop n/4, Hann) — Yamamoto et al.
-    2020 (Parallel WaveGAN), eq. 4-6."""
-    total = ref.new_zeros(())
-    for n in fft_sizes:
-        win = torch.hann_window(n, device=ref.device, dtype=ref.dtype)
-        mr = torch.stft(ref, n, n // 4, window=win, return_complex=True).abs()
-        me = torch.stft(est, n, n // 4, window=win, return_complex=True).abs()
-        sc = torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp(min=1e-7)
-        mag = (torch.log(mr.clamp(min=1e-7)) - torch.log(me.clamp(min=1e-7))).abs().mean()
-        total = total + sc + mag
-    return total / len(fft_sizes)
 
 
 def rae_loss(model: AudioRAE, wave: Tensor, *, stft_weight: float = 1.0) -> Tensor:

@@ -149,7 +149,7 @@ def test_padded_batch_equals_one_by_one(normalize: bool) -> None:
 
 
 def test_per_utterance_normalisation() -> None:
-    from audiotool.models.audio_branch import LogMel
+    from audiotool.features import LogMel
 
     mel = LogMel(normalize=True)
     x = torch.randn(2, 16000) * torch.tensor([[0.01], [1.0]])

@@ -73,7 +73,7 @@ def test_inconsistent_configs_are_config_errors_at_build_time() -> None:
         build_model(bad_rates)
     with pytest.raises(ConfigError, match="multiple of hop"):
         LatentDiffusionConfig(hop=7)
-    with pytest.raises(ConfigError, match="config.json: sample_rate"):
+    with pytest.raises(ConfigError, match=r"config\.json: sample_rate"):
         registry.config_from_dict({"family": "latent_diffusion", "hop": 7})
     heads = AudioBranchConfig(d_model=30, num_heads=4, ffn_dim=8, num_layers=1)
     with pytest.raises(ConfigError, match="cannot be built"):  # torch's own check
