@@ -48,7 +48,6 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".th", ".pkl", ".pickle")
 _HUB_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
-_TRUTHY = {"1", "true", "yes", "on"}
 
 
 # --------------------------------------------------------------------------- the zoo
@@ -166,23 +165,6 @@ class ResolvedSpec:
         return str(self.folder)
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in _TRUTHY
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def hf_cache_dir() -> Path:
-    """The Hub cache, read from the environment at call time (``HF_HUB_CACHE``, ``HF_HOME``)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
-
-
 def _looks_like_path(spec: str) -> bool:
     return (
         spec.startswith((".", "/", "~"))
@@ -205,7 +187,8 @@ def resolve(
         spec: local path, zoo name or ``org/name[@revision]``.
         revision: Hub branch, tag or commit (conflicts with an ``@rev`` in the spec).
         cache_dir: Hub cache folder (default: ``HF_HUB_CACHE`` / ``HF_HOME``).
-        local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
+        local_files_only: never touch the network (default: huggingface_hub decides, from
+            ``HF_HUB_OFFLINE``).
 
     Raises:
         ModelNotFoundError: nothing matches, the repo or revision does not exist, or the
@@ -254,7 +237,7 @@ def resolve(
         repo_id,
         revision=spec_rev or revision,
         cache_dir=cache_dir,
-        local_files_only=_offline() if local_files_only is None else local_files_only,
+        local_files_only=local_files_only,
     )
 
 
@@ -294,9 +277,9 @@ def _resolve_hub(
     *,
     revision: str | None,
     cache_dir: str | Path | None,
-    local_files_only: bool,
+    local_files_only: bool | None,
 ) -> ResolvedSpec:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -305,13 +288,16 @@ def _resolve_hub(
         RevisionNotFoundError,
     )
 
-    cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir()
+    # huggingface_hub owns the cache location (HF_HUB_CACHE / HF_HOME) and offline mode
+    # (HF_HUB_OFFLINE); both are only read here for the error message
+    cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    offline = bool(local_files_only) or constants.HF_HUB_OFFLINE
     try:
         folder = snapshot_download(
             repo_id,
             revision=revision,
-            cache_dir=str(cache),
-            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            local_files_only=bool(local_files_only),
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
             library_name="audiotool",
             library_version=__version__,
@@ -331,7 +317,7 @@ def _resolve_hub(
             hint="check the spelling; for a private repo run `hf auth login`",
         ) from exc
     except LocalEntryNotFoundError as exc:
-        why = "offline mode is on" if local_files_only else "the Hub cannot be reached"
+        why = "offline mode is on" if offline else "the Hub cannot be reached"
         raise ModelNotFoundError(
             f"model '{spec}' is not in the cache {cache} and {why}",
             hint="run `audiotool models download "

@@ -124,10 +124,22 @@ def hf_cache(tmp_path: Path, model_folder: Path, monkeypatch: pytest.MonkeyPatch
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(FAKE_SHA)
     (repo / "refs" / "v1").write_text(other_sha)
+    use_hf_home(monkeypatch, home, offline=True)
+    return home / "hub"
+
+
+def use_hf_home(monkeypatch: pytest.MonkeyPatch, home: Path, *, offline: bool) -> None:
+    """Point huggingface_hub at ``home`` (``HF_HOME``) and set its offline mode, in the
+    environment (for subprocesses) and in ``huggingface_hub.constants``, which it reads once at
+    import (audiotool leaves cache and offline handling to it)."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
 @pytest.fixture
