@@ -155,29 +155,6 @@ def _wav_declared_data_bytes(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def audio_info(path: str | Path) -> dict[str, object]:
-    """Header facts of a file without decoding it (rate, channels, frames, format, subtype)."""
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file", hint="check the path")
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioReadError(
-            f"{path}: not a readable audio file ({exc})",
-            hint="convert it to wav or flac",
-        ) from exc
-    return {
-        "sample_rate": int(info.samplerate),
-        "channels": int(info.channels),
-        "frames": int(info.frames),
-        "format": info.format,
-        "subtype": info.subtype,
-    }
-
-
 # --------------------------------------------------------------------------- resampling
 
 

@@ -7,6 +7,13 @@ code (see :mod:`audiotool.cli.app`); library code never prints or exits.
 
 from __future__ import annotations
 
+import os
+
+
+def debug_enabled() -> bool:
+    """Whether ``AUDIOTOOL_DEBUG`` asks for tracebacks instead of one-line errors."""
+    return os.environ.get("AUDIOTOOL_DEBUG", "").strip() not in ("", "0")
+
 
 class AudiotoolError(Exception):
     """Base class of every error audiotool raises on purpose.

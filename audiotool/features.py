@@ -1,11 +1,14 @@
-"""Spectral front-ends shared by the models.
+"""Front-ends and encodings shared by the models and metrics: mel filterbanks, the three
+log-mels (AudioSR's, the audio branch's, the metrics' log10 mel power) and sinusoidal
+positions.
 
-Legend: ``B`` batch, ``T`` samples, ``N`` frames, ``F`` mel bins.
+Legend: ``B`` batch, ``T`` samples, ``N`` frames, ``F`` / ``M`` mel bins, ``D`` channels.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -77,3 +80,87 @@ class AudioSRMel(nn.Module):
     def frames(self, samples: int) -> int:
         """Number of frames for ``samples`` input samples."""
         return samples // self.hop_length
+
+
+class LogMel(nn.Module):
+    """Waveform ``(B, T)`` -> log-mel ``(B, N, M)`` with ``N = T // hop`` (Hann, center).
+
+    The log has a floor (``log(mel + 1e-6)``). With ``normalize`` every mel bin is scaled to
+    zero mean and unit variance over the item's valid frames (per-utterance normalisation, as in
+    NeMo's ``normalize: per_feature``); deterministic, and padding frames are ignored.
+    """
+
+    window: Tensor
+    basis: Tensor
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        win_length: int = 400,
+        hop: int = 160,
+        n_mels: int = 80,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_fft, self.win_length, self.hop = n_fft, win_length, hop
+        self.normalize = normalize
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        self.register_buffer(
+            "basis", mel_basis(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2), persistent=False
+        )
+
+    def forward(self, wave: Tensor, frame_lengths: Tensor | None = None) -> Tensor:
+        """``(B, T)`` (+ valid mel frame counts ``(B,)``) -> ``(B, N, M)``."""
+        n = wave.shape[-1] // self.hop
+        x = wave.float()
+        if x.shape[-1] <= self.n_fft // 2:  # reflect padding needs a few samples
+            x = F.pad(x, (0, self.n_fft // 2 + 1 - x.shape[-1]))
+        spec = (
+            torch.stft(
+                x, self.n_fft, self.hop, self.win_length, window=self.window, return_complex=True
+            )
+            .abs()
+            .pow(2)
+        )
+        mel = torch.matmul(self.basis, spec)[..., : max(n, 1)]
+        out = torch.log(mel + 1e-6).transpose(1, 2)
+        if not self.normalize:
+            return out
+        if frame_lengths is None:
+            frame_lengths = torch.full((out.shape[0],), out.shape[1], device=out.device)
+        valid = frame_mask(frame_lengths, out.shape[1])[..., None].to(out.dtype)  # (B, N, 1)
+        count = valid.sum(1, keepdim=True)
+        mean = (out * valid).sum(1, keepdim=True) / count
+        var = ((out - mean) ** 2 * valid).sum(1, keepdim=True) / count
+        return (out - mean) / (var + 1e-5).sqrt() * valid
+
+
+def frame_mask(lengths: Tensor, frames: int) -> Tensor:
+    """``(B,)`` valid counts -> ``(B, frames)`` bool, True on valid frames."""
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def log_mel_power(x: Tensor, *, sample_rate: int = 16000) -> Tensor:
+    """log10 mel power spectrogram ``(..., T) -> (..., 80, N)`` (n_fft 1024, hop 256, Hann,
+    centred, floor 1e-5), in ``x``'s dtype and device and differentiable: the representation
+    :func:`log_mel_distance` compares (training losses use it too)."""
+    basis = mel_basis(sample_rate, 1024, 80, 0.0, sample_rate / 2).to(x.device, x.dtype)
+    win = torch.hann_window(1024, dtype=x.dtype, device=x.device)
+    spec = torch.stft(x, 1024, 256, window=win, return_complex=True).abs().pow(2)
+    return torch.log10((basis @ spec).clamp(min=1e-5))
+
+
+def sinusoidal_positions(
+    length: int, dim: int, *, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``(length, dim)`` sine/cosine positions (Vaswani et al. 2017), built for any length."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freqs = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * freqs)
+    pe[:, 1::2] = torch.cos(pos * freqs[: dim // 2])
+    return pe.to(dtype)

@@ -61,7 +61,6 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".th", ".pkl", ".pickle")
 _HUB_RE = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?(?::(?P<file>[^:]+))?$"
 )
-_TRUTHY = {"1", "true", "yes", "on"}
 
 
 # --------------------------------------------------------------------------- the zoo
@@ -183,23 +182,6 @@ class ResolvedSpec:
         return str(self.folder)
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in _TRUTHY
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def hf_cache_dir() -> Path:
-    """The Hub cache, read from the environment at call time (``HF_HUB_CACHE``, ``HF_HOME``)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
-
-
 def _looks_like_path(spec: str) -> bool:
     return (
         spec.startswith((".", "/", "~"))
@@ -222,7 +204,8 @@ def resolve(
         spec: local path, zoo name or ``org/name[@revision]``.
         revision: Hub branch, tag or commit (conflicts with an ``@rev`` in the spec).
         cache_dir: Hub cache folder (default: ``HF_HUB_CACHE`` / ``HF_HOME``).
-        local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
+        local_files_only: never touch the network (default: huggingface_hub decides, from
+            ``HF_HUB_OFFLINE``).
 
     Raises:
         ModelNotFoundError: nothing matches, the repo or revision does not exist, or the
@@ -290,6 +273,20 @@ def resolve(
         local_files_only=_offline() if local_files_only is None else local_files_only,
         file=match.group("file"),
     )
+
+
+def _offline() -> bool:
+    """huggingface_hub's own offline switch (``HF_HUB_OFFLINE``, read by it at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_cache(cache_dir: str | Path | None) -> Path:
+    """The Hub cache huggingface_hub uses (``HF_HUB_CACHE`` / ``HF_HOME``) unless given."""
+    from huggingface_hub import constants
+
+    return Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
 
 
 def _resolve_local(path: Path, spec: str, *, file: str | None) -> ResolvedSpec:
@@ -424,7 +421,7 @@ def _resolve_hub(
     local_files_only: bool,
     file: str | None = None,
 ) -> ResolvedSpec:
-    cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir()
+    cache = _hub_cache(cache_dir)
     folder = _snapshot(
         spec,
         repo_id,
@@ -624,10 +621,23 @@ def count_parameters(path: Path) -> int:
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """A freshly initialised model of the config's family (fixed registry, no dynamic import)."""
+    """A freshly initialised model of the config's family (fixed registry, no dynamic import).
+
+    Raises:
+        ConfigError: the config names an unknown family or describes a model that cannot be
+            built (inconsistent sizes: the family's own checks, or torch's layers refusing
+            their arguments).
+    """
     from audiotool.models.registry import get_family
 
-    return get_family(config.family).build(config)
+    family = get_family(config.family)
+    try:
+        return family.build(config)
+    except (ValueError, AssertionError) as exc:  # torch layers check their arguments so
+        raise ConfigError(
+            f"a '{family.name}' model cannot be built from this config: {exc}",
+            hint="fix the config's sizes (config.json or the recipe's overrides)",
+        ) from exc
 
 
 def load_weights(model: nn.Module, path: Path, *, device: str | torch.device = "cpu") -> None:

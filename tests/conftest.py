@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from audiotool.models import registry
-from audiotool.models._config import ModelConfig
+from audiotool.models._config import ModelConfig, ModelFamily
 
 torch.set_num_threads(1)
 
@@ -77,9 +77,7 @@ def _build(cfg: ScaleConfig) -> nn.Module:
     return ScaleModel(channels=cfg.channels, hidden=cfg.hidden)
 
 
-TEST_FAMILY = registry.ModelFamily(
-    name="test_scale",
-    task="upsample",
+FAMILY = ModelFamily(
     config_cls=ScaleConfig,
     build=_build,
     presets={"tiny": ScaleConfig},
@@ -87,15 +85,15 @@ TEST_FAMILY = registry.ModelFamily(
 
 
 @pytest.fixture
-def test_family(monkeypatch: pytest.MonkeyPatch) -> registry.ModelFamily[ScaleConfig]:
-    """Register the test-only family for the duration of a test."""
-    monkeypatch.setitem(registry._LOADERS, "test_scale", lambda: TEST_FAMILY)
-    monkeypatch.setitem(registry.FAMILY_TASKS, "test_scale", "upsample")
-    return TEST_FAMILY
+def test_family(monkeypatch: pytest.MonkeyPatch) -> ModelFamily[ScaleConfig]:
+    """Register the test-only family for the duration of a test (this module holds both its
+    config class and its ``FAMILY``)."""
+    monkeypatch.setitem(registry._MODULES, "test_scale", (__name__, __name__))
+    return FAMILY
 
 
 @pytest.fixture
-def model_folder(tmp_path: Path, test_family: registry.ModelFamily[ScaleConfig]) -> Path:
+def model_folder(tmp_path: Path, test_family: ModelFamily[ScaleConfig]) -> Path:
     """A local model folder in our format (config.json + model.safetensors + README.md)."""
     from audiotool.hub import save_pretrained
 
@@ -126,10 +124,22 @@ def hf_cache(tmp_path: Path, model_folder: Path, monkeypatch: pytest.MonkeyPatch
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(FAKE_SHA)
     (repo / "refs" / "v1").write_text(other_sha)
+    use_hf_home(monkeypatch, home, offline=True)
+    return home / "hub"
+
+
+def use_hf_home(monkeypatch: pytest.MonkeyPatch, home: Path, *, offline: bool) -> None:
+    """Point huggingface_hub at ``home`` (``HF_HOME``) and set its offline mode, in the
+    environment (for subprocesses) and in ``huggingface_hub.constants``, which it reads once at
+    import (audiotool leaves cache and offline handling to it)."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from audiotool.hub import (
     zoo_entries,
 )
 from audiotool.models import registry
-from tests.conftest import FAKE_SHA, ScaleConfig
+from tests.conftest import FAKE_SHA, ScaleConfig, use_hf_home
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -156,7 +156,7 @@ def test_hub_explicit_cache_dir(
 ) -> None:
     moved = tmp_path / "elsewhere"
     shutil.copytree(hf_cache, moved, symlinks=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    use_hf_home(monkeypatch, tmp_path / "empty-home", offline=True)
     with pytest.raises(ModelNotFoundError):
         resolve("org/tiny")
     assert resolve("org/tiny", cache_dir=moved).revision == FAKE_SHA

@@ -17,13 +17,9 @@ IO = "Input / output"
 RUN = "Compute"
 REPORT = "Reporting"
 FMT = "Audio format"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+#: metavar of on/off flags: recent Typer versions print "<bool>" after a flag without one, as
+#: if it took a value ("--json true" would then read "true" as an input path)
+FLAG = ""
 
 
 class PrecisionChoice(str, Enum):
@@ -47,6 +43,22 @@ class ClipChoice(str, Enum):
 class FormatChoice(str, Enum):
     wav = "wav"
     flac = "flac"
+
+
+class EmbedFormatChoice(str, Enum):
+    npz = "npz"
+    npy = "npy"
+    jsonl = "jsonl"
+
+
+def _device(value: str) -> str:
+    from audiotool.device import check_device_name
+    from audiotool.errors import UsageError
+
+    try:
+        return check_device_name(value)
+    except UsageError as exc:
+        raise typer.BadParameter(exc.message) from exc
 
 
 InputsArg = Annotated[
@@ -75,7 +87,8 @@ FilenameOpt = Annotated[
     ),
 ]
 OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=IO)
+    bool,
+    typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=IO, metavar=FLAG),
 ]
 SkipExistingOpt = Annotated[
     bool,
@@ -83,11 +96,14 @@ SkipExistingOpt = Annotated[
         "--skip-existing",
         help="Skip inputs whose outputs exist (resume a half-done batch).",
         rich_help_panel=IO,
+        metavar=FLAG,
     ),
 ]
 FailFastOpt = Annotated[
     bool,
-    typer.Option("--fail-fast", help="Stop at the first input that fails.", rich_help_panel=IO),
+    typer.Option(
+        "--fail-fast", help="Stop at the first input that fails.", rich_help_panel=IO, metavar=FLAG
+    ),
 ]
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045
@@ -103,7 +119,30 @@ RevisionOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--revision", help="Hub branch, tag or commit.", rich_help_panel=RUN),
 ]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Compute device.", rich_help_panel=RUN)]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda|cuda:N|mps",
+        callback=_device,
+        help="Compute device (cuda:N picks GPU N).",
+        rich_help_panel=RUN,
+    ),
+]
+ThreadsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--threads",
+        min=1,
+        help=(
+            "CPU threads for torch. Default: the CPUs this process may use (affinity and "
+            "cgroup quota), or OMP_NUM_THREADS. Use --threads 1 when running several "
+            "audiotool processes at once (xargs -P, GNU parallel)."
+        ),
+        show_default=False,
+        rich_help_panel=RUN,
+    ),
+]
 BatchSizeOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
@@ -127,7 +166,9 @@ SeedOpt = Annotated[
 ]
 QuietOpt = Annotated[
     bool,
-    typer.Option("--quiet", "-q", help="No progress bars or info logs.", rich_help_panel=REPORT),
+    typer.Option(
+        "--quiet", "-q", help="No progress bars or info logs.", rich_help_panel=REPORT, metavar=FLAG
+    ),
 ]
 JsonOpt = Annotated[
     bool,
@@ -135,6 +176,7 @@ JsonOpt = Annotated[
         "--json",
         help="Print one JSON summary on stdout (progress and logs stay on stderr).",
         rich_help_panel=REPORT,
+        metavar=FLAG,
     ),
 ]
 BitDepthOpt = Annotated[
@@ -195,9 +237,18 @@ def output_options(
 
 
 def runtime_options(
-    *, device: Device, precision: PrecisionChoice, batch_size: int | None, seed: int
+    *,
+    device: str,
+    precision: PrecisionChoice,
+    batch_size: int | None,
+    seed: int,
+    threads: int | None = None,
 ) -> RuntimeOptions:
     """Bundle the parsed compute options."""
     return RuntimeOptions(
-        device=device.value, precision=precision.value, batch_size=batch_size, seed=seed
+        device=device,
+        precision=precision.value,
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
     )

@@ -20,6 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from audiotool.progress import NullProgress
+
 if TYPE_CHECKING:
     from audiotool.progress import Progress as ProgressSink
     from audiotool.tasks._batch import BatchReport
@@ -76,22 +78,11 @@ class RichProgress:
             self._progress.update(self._tasks[key], visible=False)
 
 
-class _Silent:
-    def start(self, key: str, total: int | None, description: str = "") -> None:
-        return None
-
-    def update(self, key: str, completed: int, total: int | None = None) -> None:
-        return None
-
-    def end(self, key: str) -> None:
-        return None
-
-
 @contextmanager
-def progress_bars(*, quiet: bool) -> Iterator[RichProgress | _Silent]:
+def progress_bars(*, quiet: bool) -> Iterator[RichProgress | NullProgress]:
     """Rich bars on stderr, or a silent stand-in when quiet or stderr is not a terminal."""
     if quiet or not stderr.is_terminal:
-        yield _Silent()
+        yield NullProgress()
         return
     bars = Progress(
         TextColumn("{task.description}"),

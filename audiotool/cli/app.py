@@ -7,7 +7,6 @@ Importing this module (``audiotool --help``) does not import torch.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from audiotool.cli import (
     train,
     upsample,
 )
-from audiotool.errors import AudiotoolError, Interrupted
+from audiotool.errors import AudiotoolError, Interrupted, debug_enabled
 
 app = typer.Typer(
     name="audiotool",
@@ -71,10 +70,6 @@ app.add_typer(data.app, name="data")
 
 
 # --------------------------------------------------------------------------- error boundary
-
-
-def _debug() -> bool:
-    return os.environ.get("AUDIOTOOL_DEBUG", "").strip() not in ("", "0")
 
 
 def _audiotool_error(exc: BaseException) -> tuple[str, int]:
@@ -139,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("audiotool: interrupted\n")
         sys.exit(130)
     except Exception as exc:
-        if _debug():
+        if debug_enabled():
             raise
         message, code = error_message(exc)
         kind = "" if isinstance(exc, Interrupted) else "error: "

@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from audiotool.cli._options import (
+    FLAG,
     BatchSizeOpt,
-    Device,
     DeviceOpt,
+    EmbedFormatChoice,
     FailFastOpt,
     FilenameOpt,
     InputsArg,
@@ -24,6 +25,7 @@ from audiotool.cli._options import (
     RevisionOpt,
     SeedOpt,
     SkipExistingOpt,
+    ThreadsOpt,
     output_options,
     runtime_options,
 )
@@ -45,15 +47,17 @@ def embed(
     inputs: InputsArg,
     output: OutputOpt = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="npz | npy | jsonl (per-file outputs).")
-    ] = "npz",
+        EmbedFormatChoice,
+        typer.Option("--format", help="File type of per-file outputs (-o FOLDER)."),
+    ] = EmbedFormatChoice.npz,
     pooled_only: Annotated[
-        bool, typer.Option("--pooled-only", help="Only the pooled clip embedding.")
+        bool, typer.Option("--pooled-only", help="Only the pooled clip embedding.", metavar=FLAG)
     ] = False,
     filename: FilenameOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
     seed: SeedOpt = 0,
@@ -75,7 +79,9 @@ def embed(
         skip_existing=skip_existing,
         fail_fast=fail_fast,
     )
-    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    rt = runtime_options(
+        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
+    )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(
         "embed",
@@ -83,7 +89,7 @@ def embed(
             expanded,
             model=model,
             revision=revision,
-            fmt=fmt,
+            fmt=fmt.value,
             pooled_only=pooled_only,
             output=out,
             runtime=rt,

@@ -9,7 +9,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from audiotool.cli._options import Device, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RevisionOpt
+from audiotool.cli._options import (
+    FLAG,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    QuietOpt,
+    RevisionOpt,
+    ThreadsOpt,
+)
 
 app = typer.Typer(
     help="Measure quality on real recordings, beside baselines.",
@@ -32,11 +40,11 @@ def _report(result: dict[str, Any], as_json: bool, per_file: bool) -> None:
     print_rows(header, rows)
 
 
-def _runtime(device: Device) -> Any:
+def _runtime(device: str, threads: int | None) -> Any:
     from audiotool.tasks._batch import RuntimeOptions
     from audiotool.tasks.common import Runtime
 
-    return Runtime.from_options(RuntimeOptions(device=device.value))
+    return Runtime.from_options(RuntimeOptions(device=device, threads=threads))
 
 
 @app.command(
@@ -51,10 +59,11 @@ def eval_upsample(
     input_rate: Annotated[int, typer.Option("--input-rate", help="8000|12000|16000|24000")] = 16000,
     steps: StepsOpt = None,
     no_model: Annotated[
-        bool, typer.Option("--no-model", help="Only the input and baseline rows.")
+        bool, typer.Option("--no-model", help="Only the input and baseline rows.", metavar=FLAG)
     ] = False,
-    per_file: Annotated[bool, typer.Option("--per-file/--mean-only")] = True,
-    device: DeviceOpt = Device.auto,
+    per_file: Annotated[bool, typer.Option("--per-file/--mean-only", metavar=FLAG)] = True,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -71,7 +80,7 @@ def eval_upsample(
         from audiotool.tasks.common import load_task_model
         from audiotool.tasks.upsample import UpsampleOptions, upsample_tensor
 
-        rt = _runtime(device)
+        rt = _runtime(device, threads)
         loaded: Any = load_task_model(model, "upsample", revision=revision, runtime=rt)
         opts = UpsampleOptions(steps=steps, cutoff=0.95 * input_rate / 2)
         systems["model"] = lambda x, sr: (
@@ -86,10 +95,13 @@ def eval_separate(
     data: DataOpt,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    csdr: Annotated[bool, typer.Option("--csdr", help="Also museval cSDR (extra 'eval').")] = False,
-    no_model: Annotated[bool, typer.Option("--no-model")] = False,
-    per_file: Annotated[bool, typer.Option("--per-file/--mean-only")] = True,
-    device: DeviceOpt = Device.auto,
+    csdr: Annotated[
+        bool, typer.Option("--csdr", help="Also museval cSDR (extra 'eval').", metavar=FLAG)
+    ] = False,
+    no_model: Annotated[bool, typer.Option("--no-model", metavar=FLAG)] = False,
+    per_file: Annotated[bool, typer.Option("--per-file/--mean-only", metavar=FLAG)] = True,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -103,7 +115,7 @@ def eval_separate(
         from audiotool.tasks.common import load_task_model
         from audiotool.tasks.separate import SeparateOptions, separate_tensor
 
-        rt = _runtime(device)
+        rt = _runtime(device, threads)
         loaded = load_task_model(model, "separate", revision=revision, runtime=rt)
         systems["model"] = lambda x, sr: separate_tensor(
             loaded.model, loaded.config, x, sr, options=SeparateOptions(), runtime=rt
@@ -117,8 +129,9 @@ def eval_reconstruct(
     data: DataOpt,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    per_file: Annotated[bool, typer.Option("--per-file/--mean-only")] = True,
-    device: DeviceOpt = Device.auto,
+    per_file: Annotated[bool, typer.Option("--per-file/--mean-only", metavar=FLAG)] = True,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -131,7 +144,7 @@ def eval_reconstruct(
     from audiotool.tasks.reconstruct import reconstruct_tensor
 
     setup_logging(quiet=quiet)
-    rt = _runtime(device)
+    rt = _runtime(device, threads)
     loaded: Any = load_task_model(model, "reconstruct", revision=revision, runtime=rt)
     net = loaded.model
     systems = {
@@ -156,9 +169,14 @@ def eval_embed(
     revision: RevisionOpt = None,
     untrained: Annotated[
         bool,
-        typer.Option("--untrained/--no-untrained", help="Also the same architecture, untrained."),
+        typer.Option(
+            "--untrained/--no-untrained",
+            help="Also the same architecture, untrained.",
+            metavar=FLAG,
+        ),
     ] = True,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -174,7 +192,7 @@ def eval_embed(
     from audiotool.tasks.embed import embed_tensor
 
     setup_logging(quiet=quiet)
-    rt = _runtime(device)
+    rt = _runtime(device, threads)
     loaded: Any = load_task_model(model, "embed", revision=revision, runtime=rt)
 
     def make(net: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from audiotool.cli._options import JsonOpt, RevisionOpt
+from audiotool.cli._options import FLAG, JsonOpt, RevisionOpt
 
 app = typer.Typer(
     help="List, inspect, download and convert models.",
@@ -196,10 +196,13 @@ def convert_model(
         typer.Option("--config", help="roformer: the model's MSST YAML config."),
     ] = None,
     global_encoder: Annotated[
-        bool, typer.Option("--global-encoder", help="audiosr: add the (untrained) global encoder.")
+        bool,
+        typer.Option(
+            "--global-encoder", help="audiosr: add the (untrained) global encoder.", metavar=FLAG
+        ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing folder.")
+        bool, typer.Option("--overwrite", help="Replace an existing folder.", metavar=FLAG)
     ] = False,
 ) -> None:
     """Convert a public checkpoint into audiotool's format (read with weights_only=True)."""

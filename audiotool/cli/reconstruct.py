@@ -15,7 +15,6 @@ from audiotool.cli._options import (
     ChunkSecondsOpt,
     ClipChoice,
     ClipOpt,
-    Device,
     DeviceOpt,
     FailFastOpt,
     FilenameOpt,
@@ -31,6 +30,7 @@ from audiotool.cli._options import (
     RevisionOpt,
     SeedOpt,
     SkipExistingOpt,
+    ThreadsOpt,
     output_options,
     runtime_options,
 )
@@ -62,7 +62,8 @@ def reconstruct(
     fmt: FormatOpt = None,
     bit_depth: BitDepthOpt = BitDepthChoice.b24,
     clip: ClipOpt = ClipChoice.rescale,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
     seed: SeedOpt = 0,
@@ -87,7 +88,9 @@ def reconstruct(
         clip=clip,
         fmt=fmt,
     )
-    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    rt = runtime_options(
+        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
+    )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(
         "reconstruct",

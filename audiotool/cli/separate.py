@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from audiotool.cli._options import (
+    FLAG,
     RUN,
     BatchSizeOpt,
     BitDepthChoice,
@@ -16,7 +17,6 @@ from audiotool.cli._options import (
     ChunkSecondsOpt,
     ClipChoice,
     ClipOpt,
-    Device,
     DeviceOpt,
     FailFastOpt,
     FilenameOpt,
@@ -31,6 +31,7 @@ from audiotool.cli._options import (
     RevisionOpt,
     SeedOpt,
     SkipExistingOpt,
+    ThreadsOpt,
     output_options,
     runtime_options,
 )
@@ -63,6 +64,7 @@ def separate(
         typer.Option(
             "--residual",
             help="Also write mixture minus the chosen stems (no_<stem> or rest).",
+            metavar=FLAG,
         ),
     ] = False,
     filename: FilenameOpt = None,
@@ -110,7 +112,9 @@ def separate(
     ] = 0,
     mixture_consistent: Annotated[
         bool,
-        typer.Option("--mixture-consistent", help="Make the stems sum exactly to the mixture."),
+        typer.Option(
+            "--mixture-consistent", help="Make the stems sum exactly to the mixture.", metavar=FLAG
+        ),
     ] = False,
     query: Annotated[
         Optional[Path],  # noqa: UP045
@@ -123,7 +127,8 @@ def separate(
     fmt: FormatOpt = None,
     bit_depth: BitDepthOpt = BitDepthChoice.b24,
     clip: ClipOpt = ClipChoice.rescale,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
     seed: SeedOpt = 0,
@@ -148,7 +153,9 @@ def separate(
         clip=clip,
         fmt=fmt,
     )
-    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    rt = runtime_options(
+        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
+    )
     opts = SeparateOptions(
         stems=None if stems is None else tuple(s.strip() for s in stems.split(",") if s.strip()),
         residual=residual,

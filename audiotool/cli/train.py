@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from audiotool.cli._options import Device, DeviceOpt, QuietOpt
+from audiotool.cli._options import FLAG, DeviceOpt, QuietOpt, ThreadsOpt
 
 HELP = (
     "Train a model from a YAML recipe on a dataset folder and write a zoo folder "
@@ -28,7 +28,7 @@ def train(
     config: Annotated[Path, typer.Option("--config", help="YAML recipe.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Zoo folder to write.")],
     restart: Annotated[
-        bool, typer.Option("--restart", help="Ignore existing checkpoints.")
+        bool, typer.Option("--restart", help="Ignore existing checkpoints.", metavar=FLAG)
     ] = False,
     max_steps: Annotated[
         Optional[int], typer.Option("--max-steps", help="Stop after this step (resumable).")  # noqa: UP045
@@ -36,11 +36,12 @@ def train(
     time_limit: Annotated[
         Optional[float], typer.Option("--time-limit", help="Stop after N seconds (resumable).")  # noqa: UP045
     ] = None,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     from audiotool.cli._report import progress_bars, setup_logging
-    from audiotool.device import resolve_device
+    from audiotool.device import resolve_device, set_threads
     from audiotool.errors import UsageError
     from audiotool.hub import build_model
     from audiotool.training import distributed
@@ -52,7 +53,8 @@ def train(
     recipe = load_recipe(config)
     if recipe.task != task:
         raise UsageError(f"{config} is a '{recipe.task}' recipe, not '{task}'")
-    dev = distributed.init(resolve_device(device.value))
+    set_threads(threads)
+    dev = distributed.init(resolve_device(device))
     adapter = make_adapter(recipe, data)
     try:
         with progress_bars(quiet=quiet or distributed.rank() != 0) as bars:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from audiotool.cli._options import (
+    FLAG,
     RUN,
     BatchSizeOpt,
     BitDepthChoice,
@@ -15,7 +16,6 @@ from audiotool.cli._options import (
     ChunkSecondsOpt,
     ClipChoice,
     ClipOpt,
-    Device,
     DeviceOpt,
     FailFastOpt,
     FilenameOpt,
@@ -31,6 +31,7 @@ from audiotool.cli._options import (
     RevisionOpt,
     SeedOpt,
     SkipExistingOpt,
+    ThreadsOpt,
     output_options,
     runtime_options,
 )
@@ -111,12 +112,14 @@ def upsample(
             "--no-global-context",
             help="Do not use the whole-file global encoder.",
             rich_help_panel=RUN,
+            metavar=FLAG,
         ),
     ] = False,
     fmt: FormatOpt = None,
     bit_depth: BitDepthOpt = BitDepthChoice.b24,
     clip: ClipOpt = ClipChoice.rescale,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
     seed: SeedOpt = 0,
@@ -141,7 +144,9 @@ def upsample(
         clip=clip,
         fmt=fmt,
     )
-    rt = runtime_options(device=device, precision=precision, batch_size=batch_size, seed=seed)
+    rt = runtime_options(
+        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
+    )
     opts = UpsampleOptions(
         steps=steps,
         guidance=guidance,

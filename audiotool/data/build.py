@@ -31,7 +31,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -43,7 +43,6 @@ from audiotool.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["upsample", "separate", "embed", "reconstruct"]
 KINDS = ("upsample", "separate", "embed", "reconstruct")
 #: languages whose descriptions reach >= 19 kHz (measured: see benchmarks/data/SOURCES.md)
 WIDE_LANGS = ("be", "da", "es", "fr", "ml", "bg", "ro", "ru")

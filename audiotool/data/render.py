@@ -97,7 +97,8 @@ def render_stem(
         import tinysoundfont
     except ImportError as exc:
         raise UsageError(
-            "rendering stems needs tinysoundfont", hint="pip install 'audiotool[data]'"
+            "rendering stems needs tinysoundfont",
+            hint="pip install --no-deps tinysoundfont (its PyAudio dependency is not needed)",
         ) from exc
     synth = tinysoundfont.Synth(samplerate=RATE)
     sfid = synth.sfload(str(soundfont))

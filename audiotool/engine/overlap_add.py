@@ -88,12 +88,6 @@ class ChunkPlan:
     context: int = 0
 
     @property
-    def taper(self) -> int:
-        """Length of each raised-cosine taper of the window."""
-        core = self.chunk - 2 * self.context
-        return min(core - self.hop, core // 2)
-
-    @property
     def padded_length(self) -> int:
         return self.pad_left + self.length + self.pad_right
 
@@ -110,8 +104,7 @@ def plan_chunks(length: int, chunk: int, hop: int, context: int = 0) -> ChunkPla
         )
     if length < 1:
         raise EngineError("cannot process an empty signal")
-    core = chunk - 2 * context
-    taper = min(core - hop, core // 2)
+    taper = taper_length(chunk - 2 * context, hop)
     # As few chunks as cover the signal plus the context margins at both ends (as many as a
     # plain chunk loop runs, so edges cost no extra model call); the slack of the last chunk
     # becomes edge padding (reflected: real context, never zeros), split between both ends
@@ -143,6 +136,12 @@ def frame_chunking(
     if clip <= chunk:
         chunk = hop = clip
     return chunk, hop
+
+
+def taper_length(core: int, hop: int) -> int:
+    """Length of each raised-cosine taper of a window whose weighted part (``core`` samples)
+    moves by ``hop``: the overlap, at most half the core."""
+    return min(core - hop, core // 2)
 
 
 def taper_window(length: int, taper: int, *, device: torch.device | None = None) -> Tensor:
@@ -350,7 +349,7 @@ class _Accumulator:
             )
         hop_o, pad_o, ctx_o = int(hop_o), int(pad_o), int(ctx_o)
         core = out_len - 2 * ctx_o
-        taper = min(core - hop_o, core // 2)
+        taper = taper_length(core, hop_o)
         total = (p.n_chunks - 1) * hop_o + out_len
         window = torch.zeros(out_len, device=y.device)
         window[ctx_o : ctx_o + core] = taper_window(core, taper, device=y.device)

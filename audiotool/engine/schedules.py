@@ -13,17 +13,20 @@ from audiotool.errors import EngineError
 Spacing = Literal["uniform", "trailing", "linspace"]
 
 
-def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008) -> Tensor:
-    """ᾱ_t of the cosine schedule (Nichol & Dhariwal 2021, eq. 17), AudioSR-exact.
-
-    Computed in float64 and returned as float32, without clipping β (so β_{T-1} = 1 and
-    ᾱ_{T-1} = 0 exactly, as the AudioSR checkpoint's buffers hold); ``(num_steps,)``.
-    """
+def cosine_betas(num_steps: int = 1000, s: float = 0.008) -> Tensor:
+    """β_t of the cosine schedule (Nichol & Dhariwal 2021, eq. 17), AudioSR-exact: float64,
+    without clipping (so β_{T-1} = 1, as the AudioSR checkpoint's buffers hold);
+    ``(num_steps,)``. Derive further quantities in float64 before any float32 cast."""
     t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps + s
     f = torch.cos(t / (1 + s) * math.pi / 2) ** 2
     f = f / f[0]
-    betas = 1 - f[1:] / f[:-1]
-    return torch.cumprod(1 - betas, dim=0).float()
+    return 1 - f[1:] / f[:-1]
+
+
+def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008) -> Tensor:
+    """ᾱ_t of :func:`cosine_betas`, computed in float64, returned as float32 (ᾱ_{T-1} = 0
+    exactly); ``(num_steps,)``."""
+    return torch.cumprod(1 - cosine_betas(num_steps, s), dim=0).float()
 
 
 def ddim_timesteps(

@@ -13,11 +13,27 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable, Mapping
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from audiotool.errors import ConfigError
 
+if TYPE_CHECKING:
+    from torch import nn
+
 FORMAT_VERSION = 1
+#: the jobs a family can serve (``ModelConfig.task``)
+TASKS = ("upsample", "separate", "embed", "reconstruct")
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -26,8 +42,9 @@ C = TypeVar("C", bound="ModelConfig")
 class ModelConfig:
     """Common fields of every family config.
 
-    Subclasses set the class variables ``family`` (registry name) and ``task`` and add their
-    own typed fields (all with defaults, so a preset is just keyword overrides).
+    Subclasses set the class variables ``family`` (registry name) and ``task`` (one of
+    :data:`TASKS`) and add their own typed fields (all with defaults, so a preset is just
+    keyword overrides).
     """
 
     family: ClassVar[str] = ""
@@ -73,12 +90,50 @@ class ModelConfig:
             kwargs[name] = _coerce(value, hints[name], f"{source}: parameter '{name}'")
         try:
             return cls(**kwargs)
+        except ConfigError as exc:  # a check of the class's __post_init__
+            raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from exc
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily(Generic[C]):
+    """One architecture family: its config class, a builder and its named presets.
+
+    The family's name and task are its config class's (``config_cls.family`` / ``.task``).
+
+    Attributes:
+        config_cls: the family's frozen config dataclass.
+        build: makes a freshly initialised ``nn.Module`` from a config.
+        presets: named configs (``"tiny"``, ``"audiosr"``, ...).
+    """
+
+    config_cls: type[C]
+    build: Callable[[C], nn.Module]
+    presets: Mapping[str, Callable[[], C]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Registry key, written as ``family`` in ``config.json``."""
+        return self.config_cls.family
+
+    @property
+    def task(self) -> str:
+        """The job the family serves (one of :data:`TASKS`)."""
+        return self.config_cls.task
+
+    def preset(self, name: str) -> C:
+        """The config of a named preset."""
+        if name not in self.presets:
+            raise ConfigError(
+                f"unknown preset '{name}' for family '{self.name}'",
+                hint=f"must be one of {sorted(self.presets)}",
+            )
+        return self.presets[name]()
 
 
 def _to_json(value: Any) -> Any:
@@ -93,12 +148,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in get_args(tp):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} does not match {tp}")
     if tp is type(None):
         if value is None:

@@ -16,81 +16,14 @@ crops). Each encoder frame covers 1280 samples, so chunk and hop lengths must be
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import ClassVar, Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotool.errors import UsageError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
-
-PoolingType = Literal["attention", "max", "avg", "learnable"]
-
-
-class LogMel(nn.Module):
-    """Waveform ``(B, T)`` -> log-mel ``(B, N, M)`` with ``N = T // hop`` (Hann, center).
-
-    The log has a floor (``log(mel + 1e-6)``). With ``normalize`` every mel bin is scaled to
-    zero mean and unit variance over the item's valid frames (per-utterance normalisation, as in
-    NeMo's ``normalize: per_feature``); deterministic, and padding frames are ignored.
-    """
-
-    window: Tensor
-    basis: Tensor
-
-    def __init__(
-        self,
-        *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        win_length: int = 400,
-        hop: int = 160,
-        n_mels: int = 80,
-        normalize: bool = False,
-    ) -> None:
-        super().__init__()
-        from audiotool.features import mel_basis
-
-        self.n_fft, self.win_length, self.hop = n_fft, win_length, hop
-        self.normalize = normalize
-        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
-        self.register_buffer(
-            "basis", mel_basis(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2), persistent=False
-        )
-
-    def forward(self, wave: Tensor, frame_lengths: Tensor | None = None) -> Tensor:
-        """``(B, T)`` (+ valid mel frame counts ``(B,)``) -> ``(B, N, M)``."""
-        n = wave.shape[-1] // self.hop
-        x = wave.float()
-        if x.shape[-1] <= self.n_fft // 2:  # reflect padding needs a few samples
-            x = F.pad(x, (0, self.n_fft // 2 + 1 - x.shape[-1]))
-        spec = (
-            torch.stft(
-                x, self.n_fft, self.hop, self.win_length, window=self.window, return_complex=True
-            )
-            .abs()
-            .pow(2)
-        )
-        mel = torch.matmul(self.basis, spec)[..., : max(n, 1)]
-        out = torch.log(mel + 1e-6).transpose(1, 2)
-        if not self.normalize:
-            return out
-        if frame_lengths is None:
-            frame_lengths = torch.full((out.shape[0],), out.shape[1], device=out.device)
-        valid = _frame_mask(frame_lengths, out.shape[1])[..., None].to(out.dtype)  # (B, N, 1)
-        count = valid.sum(1, keepdim=True)
-        mean = (out * valid).sum(1, keepdim=True) / count
-        var = ((out - mean) ** 2 * valid).sum(1, keepdim=True) / count
-        return (out - mean) / (var + 1e-5).sqrt() * valid
-
-
-def _frame_mask(lengths: Tensor, frames: int) -> Tensor:
-    """``(B,)`` valid counts -> ``(B, frames)`` bool, True on valid frames."""
-    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+from audiotool.errors import ConfigError
+from audiotool.features import LogMel, frame_mask, sinusoidal_positions
+from audiotool.models._config import ModelFamily
+from audiotool.models.configs import AudioBranchConfig, PoolingType
 
 
 class Subsampling(nn.Module):
@@ -129,24 +62,13 @@ class Subsampling(nn.Module):
             h = self.convs(h)
         else:
             n = lengths
-            h = h * _frame_mask(n, h.shape[2])[:, None, :, None].to(h.dtype)
+            h = h * frame_mask(n, h.shape[2])[:, None, :, None].to(h.dtype)
             for i in range(0, len(self.convs), 2):
                 h = self.convs[i + 1](self.convs[i](h))
                 n = torch.div(n - 1, 2, rounding_mode="floor") + 1
-                h = h * _frame_mask(n, h.shape[2])[:, None, :, None].to(h.dtype)
+                h = h * frame_mask(n, h.shape[2])[:, None, :, None].to(h.dtype)
         b, c, f, m = h.shape
         return self.out(h.permute(0, 2, 1, 3).reshape(b, f, c * m))
-
-
-def _sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
-    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
-    div = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )
-    pe = torch.zeros(n, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-    return pe
 
 
 class SegmentAttentionPooling(nn.Module):
@@ -174,7 +96,9 @@ class SegmentAttentionPooling(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in ("attention", "max", "avg", "learnable"):
-            raise UsageError(f"pooling must be one of attention/max/avg/learnable, got {pooling!r}")
+            raise ConfigError(
+                f"pooling must be one of attention/max/avg/learnable, got {pooling!r}"
+            )
         self.dim, self.num_segments, self.pooling = dim, num_segments, pooling
         self.temporal_encoding = temporal_encoding
         if pooling == "attention":
@@ -226,7 +150,7 @@ class SegmentAttentionPooling(nn.Module):
                 need_weights=False,
             )
         if self.temporal_encoding:
-            out = out + _sinusoid(s, d, frames.device)[None]
+            out = out + sinusoidal_positions(s, d, device=frames.device)[None]
         return out
 
 
@@ -328,7 +252,7 @@ class AudioBranch(nn.Module):
 
     def _masked_conformer(self, h: Tensor, lengths: Tensor) -> Tensor:
         """The Conformer with every depthwise conv's input zeroed on padded frames."""
-        keep = _frame_mask(lengths, h.shape[1])[:, None, :].to(h.dtype)  # (B, 1, F)
+        keep = frame_mask(lengths, h.shape[1])[:, None, :].to(h.dtype)  # (B, 1, F)
 
         def zero_padding(_: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             return (args[0] * keep,)
@@ -390,33 +314,6 @@ def supcon(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     return -mean_pos.mean()
 
 
-@dataclasses.dataclass(frozen=True)
-class AudioBranchConfig(ModelConfig):
-    """Config of the ``audio_branch`` family."""
-
-    family: ClassVar[str] = "audio_branch"
-    task: ClassVar[str] = "embed"
-
-    sample_rate: int = 16000
-    n_fft: int = 512
-    win_length: int = 400
-    hop: int = 160
-    n_mels: int = 80
-    subsampling_channels: int = 256
-    d_model: int = 512
-    num_heads: int = 8
-    ffn_dim: int = 2048
-    num_layers: int = 4
-    conv_kernel: int = 31
-    num_segments: int = 8
-    pooling: PoolingType = "attention"
-    temporal_encoding: bool = True
-    dropout: float = 0.1
-    normalize: bool = False
-    chunk_seconds: float = 10.24
-    hop_seconds: float = 5.12
-
-
 def build_model(cfg: AudioBranchConfig) -> AudioBranch:
     """The :class:`AudioBranch` described by ``cfg``."""
     return AudioBranch(
@@ -458,8 +355,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[AudioBranchConfig] = ModelFamily(
-    name="audio_branch",
-    task="embed",
     config_cls=AudioBranchConfig,
     build=build_model,
     presets=PRESETS,

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.errors import ConfigError
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6)
@@ -292,7 +294,7 @@ class IdentityFirstStage(nn.Module):
     ) -> None:
         super().__init__()
         if n_mels % freq_pool:
-            raise ValueError(f"n_mels ({n_mels}) must be a multiple of freq_pool ({freq_pool})")
+            raise ConfigError(f"n_mels ({n_mels}) must be a multiple of freq_pool ({freq_pool})")
         self.n_mels, self.freq_pool = n_mels, freq_pool
         self.shift, self.scale = shift, scale
         if vocoder is not None:

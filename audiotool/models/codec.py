@@ -25,16 +25,13 @@ compressed-spectrum L1 and the waveform SNR.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiotool.errors import ConfigError, InputError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
+from audiotool.models._config import ModelFamily
+from audiotool.models.configs import CodecConfig
 
 
 class ConvNeXtBlock(nn.Module):
@@ -217,8 +214,8 @@ def codec_loss(
     phase is not learnt (measured: SI-SDR about -37 dB after 400 steps, against -5 to -7 dB with
     them).
     """
-    from audiotool.metrics import log_mel_power
-    from audiotool.models.rae import multi_resolution_stft_loss
+    from audiotool.features import log_mel_power
+    from audiotool.losses import multi_resolution_stft_loss
 
     t = wave.shape[-1]
     if t % model.frame_samples or t < model.min_samples:
@@ -240,30 +237,6 @@ def codec_loss(
 
 
 # --------------------------------------------------------------------------- config + family
-
-
-@dataclasses.dataclass(frozen=True)
-class CodecConfig(ModelConfig):
-    """Config of the ``codec`` family (16 kHz mono in, the same out)."""
-
-    family: ClassVar[str] = "codec"
-    task: ClassVar[str] = "reconstruct"
-
-    sample_rate: int = 16000
-    n_fft: int = 640
-    hop: int = 160
-    compress: float = 0.3
-    dim: int = 256
-    latent_dim: int = 64
-    down: int = 2
-    encoder_depth: int = 4
-    decoder_latent_depth: int = 4
-    decoder_depth: int = 4
-    # overlap-add for long files: the codec is local (receptive field about +-0.65 s), so 1.28 s
-    # of overlap suffices; measured on 123 s of validation audio, the chunked round trip equals
-    # the whole-file one to 53 dB SI-SDR and runs 1.5x faster than chunks of 5.12 s every 2.56 s
-    chunk_seconds: float = 10.24
-    hop_seconds: float = 8.96
 
 
 def build_model(cfg: CodecConfig) -> WaveCodec:
@@ -297,8 +270,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[CodecConfig] = ModelFamily(
-    name="codec",
-    task="reconstruct",
     config_cls=CodecConfig,
     build=build_model,
     presets=PRESETS,

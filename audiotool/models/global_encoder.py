@@ -12,25 +12,11 @@ file; every chunk and every diffusion step reuses its output.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def sinusoidal_positions(
-    length: int, dim: int, *, device: torch.device, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """``(length, dim)`` sine/cosine positions (Vaswani et al. 2017), built for any length."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freqs = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )
-    pe = torch.zeros(length, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * freqs)
-    pe[:, 1::2] = torch.cos(pos * freqs[: dim // 2])
-    return pe.to(dtype)
+from audiotool.features import sinusoidal_positions
 
 
 class ChannelNorm(nn.Module):

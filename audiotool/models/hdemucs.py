@@ -11,14 +11,11 @@ are torchaudio's under the prefix ``model.``, so torchaudio checkpoints import b
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
-
 from torch import Tensor, nn
 
-from audiotool.errors import UsageError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
+from audiotool.errors import InputError
+from audiotool.models._config import ModelFamily
+from audiotool.models.configs import HDemucsConfig
 
 PREFIX = "model."
 
@@ -57,29 +54,11 @@ class HDemucsSeparator(nn.Module):
             if c == 1:
                 x = mixture.expand(-1, self.audio_channels, -1)
             else:
-                raise UsageError(f"model expects {self.audio_channels} channels, got {c}")
+                raise InputError(f"model expects {self.audio_channels} channels, got {c}")
         y = self.model(x.contiguous())  # (B, S, C, T)
         if c == 1:
             y = y.mean(dim=2, keepdim=True)
         return {s: y[:, i] for i, s in enumerate(self.sources)}
-
-
-@dataclasses.dataclass(frozen=True)
-class HDemucsConfig(ModelConfig):
-    """Config of the ``hdemucs`` family (torchaudio's constructor arguments)."""
-
-    family: ClassVar[str] = "hdemucs"
-    task: ClassVar[str] = "separate"
-
-    sample_rate: int = 44100
-    stems: tuple[str, ...] = ("drums", "bass", "other", "vocals")
-    audio_channels: int = 2
-    channels: int = 48
-    growth: int = 2
-    nfft: int = 4096
-    depth: int = 6
-    default_chunk_seconds: float = 7.8
-    default_hop_seconds: float = 5.85
 
 
 def build_model(cfg: HDemucsConfig) -> HDemucsSeparator:
@@ -101,8 +80,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[HDemucsConfig] = ModelFamily(
-    name="hdemucs",
-    task="separate",
     config_cls=HDemucsConfig,
     build=build_model,
     presets=PRESETS,

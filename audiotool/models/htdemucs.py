@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiotool.errors import EngineError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
+from audiotool.models._config import ModelConfig, ModelFamily
 
 STEMS4 = ("drums", "bass", "other", "vocals")
 
@@ -702,8 +701,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[HTDemucsConfig] = ModelFamily(
-    name="htdemucs",
-    task="separate",
     config_cls=HTDemucsConfig,
     build=build_model,
     presets=PRESETS,

@@ -19,83 +19,21 @@ Deliberate deviations from AudioSR, all documented where they happen:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.schedules import cosine_betas
+from audiotool.errors import ConfigError
 from audiotool.features import AudioSRMel
-from audiotool.models._config import ModelConfig
+from audiotool.models._config import ModelFamily
 from audiotool.models.autoencoder import AutoencoderKL, IdentityFirstStage
-from audiotool.models.registry import ModelFamily
+from audiotool.models.configs import LatentDiffusionConfig
 from audiotool.models.unet import UNetModel
 from audiotool.models.vocoder import GriffinLimVocoder, HiFiGANGenerator
-
-
-@dataclasses.dataclass(frozen=True)
-class LatentDiffusionConfig(ModelConfig):
-    """Everything that defines an upsample model (saved as ``config.json``)."""
-
-    family: ClassVar[str] = "latent_diffusion"
-    task: ClassVar[str] = "upsample"
-
-    sample_rate: int = 48000
-    n_fft: int = 2048
-    hop: int = 480
-    n_mels: int = 256
-    f_min: float = 20.0
-    # first stage
-    first_stage: Literal["vae", "identity"] = "vae"
-    vae_ch: int = 128
-    vae_ch_mult: tuple[int, ...] = (1, 2, 4, 8)
-    vae_num_res_blocks: int = 2
-    z_channels: int = 16
-    embed_dim: int = 16
-    cond_stage_vae: bool = True
-    identity_freq_pool: int = 4
-    identity_shift: float = -5.0
-    identity_scale: float = 2.5
-    # vocoder
-    vocoder: Literal["hifigan", "griffinlim"] = "hifigan"
-    hifigan_channels: int = 1536
-    hifigan_rates: tuple[int, ...] = (6, 5, 4, 2, 2)
-    hifigan_kernels: tuple[int, ...] = (12, 10, 8, 4, 4)
-    hifigan_resblock_kernels: tuple[int, ...] = (3, 7, 11, 15)
-    griffinlim_iters: int = 32
-    # unet
-    model_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 3, 5)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (8, 4, 2)
-    num_head_channels: int = 32
-    transformer_depth: int = 1
-    extra_sa_layer: bool = True
-    # global encoder (seeds 000/001)
-    use_global_encoder: bool = False
-    global_context_dim: int = 64
-    global_hidden: int = 128
-    global_mel_pool: int = 4
-    # diffusion
-    num_train_steps: int = 1000
-    cosine_s: float = 0.008
-    parameterization: Literal["v", "eps"] = "v"
-    scale_factor: float = 1.0
-    cfg_uncond_value: float = -11.4981
-    cond_drop_prob: float = 0.1
-    # inference defaults
-    chunk_seconds: float = 10.24
-    overlap_seconds: float = 1.28
-    default_steps: int = 50
-    default_guidance: float = 3.5
-    default_eta: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.sample_rate % self.hop:
-            raise ValueError("sample_rate must be a multiple of hop")
 
 
 def _schedule_buffers(num_steps: int, s: float) -> dict[str, Tensor]:
@@ -103,10 +41,7 @@ def _schedule_buffers(num_steps: int, s: float) -> dict[str, Tensor]:
     float64 cosine (Nichol & Dhariwal 2021, eq. 17, no clipping) and every buffer derived in
     float64 before the float32 cast (deriving them from a float32 ᾱ is off by up to 6e-4
     relative in β)."""
-    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps + s
-    f = torch.cos(t / (1 + s) * math.pi / 2) ** 2
-    f = f / f[0]
-    betas = 1 - f[1:] / f[:-1]
+    betas = cosine_betas(num_steps, s)
     alphas = 1 - betas
     ac = torch.cumprod(alphas, dim=0)
     prev = torch.cat([ac.new_ones(1), ac[:-1]])
@@ -299,7 +234,10 @@ def build_model(cfg: LatentDiffusionConfig) -> LatentDiffusion:
     vocoder: nn.Module
     if cfg.vocoder == "hifigan":
         if hop != cfg.hop:
-            raise ValueError(f"hifigan_rates multiply to {hop}, not hop={cfg.hop}")
+            raise ConfigError(
+                f"hifigan_rates {list(cfg.hifigan_rates)} multiply to {hop}, not hop={cfg.hop}",
+                hint="the vocoder must upsample mel frames by exactly the hop",
+            )
         vocoder = HiFiGANGenerator(
             n_mels=cfg.n_mels,
             upsample_rates=cfg.hifigan_rates,
@@ -408,8 +346,6 @@ def build_audiosr(global_encoder: bool = False) -> LatentDiffusion:
 
 
 FAMILY: ModelFamily[LatentDiffusionConfig] = ModelFamily(
-    name="latent_diffusion",
-    task="upsample",
     config_cls=LatentDiffusionConfig,
     build=build_model,
     presets={

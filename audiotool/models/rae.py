@@ -19,23 +19,21 @@ blocks) into a log-mel, which Griffin-Lim (no training) or HiFi-GAN turns into a
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar, Literal, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.models import Wav2Vec2Model
 
-from audiotool.errors import ConfigError, InputError, UsageError
-from audiotool.features import AudioSRMel
-from audiotool.models._config import ModelConfig
+from audiotool.errors import ConfigError, InputError
+from audiotool.features import AudioSRMel, sinusoidal_positions
+from audiotool.losses import multi_resolution_stft_loss
+from audiotool.models._config import ModelFamily
 from audiotool.models.audio_branch import AudioBranch
 from audiotool.models.audio_branch import build_model as build_branch
-from audiotool.models.registry import ModelFamily
+from audiotool.models.configs import EncoderKind, RAEConfig
 from audiotool.models.vocoder import GriffinLimVocoder, HiFiGANGenerator
-
-EncoderKind = Literal["wav2vec2", "hubert", "spectrogram_vit", "audio_branch"]
 
 
 class SpectrogramViT(nn.Module):
@@ -71,16 +69,10 @@ class SpectrogramViT(nn.Module):
         n_t = n // self.patch_t
         x = self.embed(mel[:, None, : n_t * self.patch_t])  # (B, dim, n_t, rows)
         x = x.permute(0, 2, 3, 1) + self.row_pos  # (B, n_t, rows, dim)
-        t_pos = _sinusoid(n_t, self.dim, mel.device)[None, :, None]
+        t_pos = sinusoidal_positions(n_t, self.dim, device=mel.device)[None, :, None]
         x = (x + t_pos).reshape(b, n_t * self.rows, self.dim)
         x = self.blocks(x).reshape(b, n_t, self.rows * self.dim)
         return self.out(x)
-
-
-def _sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
-    from audiotool.models.global_encoder import sinusoidal_positions
-
-    return sinusoidal_positions(n, dim, device=device)
 
 
 class MelDecoder(nn.Module):
@@ -119,7 +111,7 @@ class MelDecoder(nn.Module):
         h = self.inp(z).transpose(1, 2)
         h = self.up(h)[..., :n]
         h = h + self.convs(h)
-        h = h.transpose(1, 2) + _sinusoid(n, self.dim, z.device)[None]
+        h = h.transpose(1, 2) + sinusoidal_positions(n, self.dim, device=z.device)[None]
         return self.out(self.blocks(h))
 
 
@@ -232,10 +224,6 @@ class AudioRAE(nn.Module):
             out = F.pad(out, (0, t - out.shape[-1]))
         return out[..., :t]
 
-    def chunk_model(self, chunk: Tensor) -> Tensor:
-        """Engine adapter: ``(N, 1, L)`` -> ``(N, 1, L)``."""
-        return self(chunk[:, 0])[:, None]
-
     @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store the normalisation statistics (saved in the checkpoint)."""
@@ -247,23 +235,6 @@ def compute_latent_stats(latents: Tensor) -> tuple[Tensor, Tensor]:
     """Per-dimension mean and std over every frame of ``(B, L, D)`` latents."""
     flat = latents.reshape(-1, latents.shape[-1]).double()
     return flat.mean(0).float(), flat.std(0).float()
-
-
-def multi_resolution_stft_loss(
-    ref: Tensor, est: Tensor, fft_sizes: tuple[int, ...] = (512, 1024, 2048)
-) -> Tensor:
-    """Differentiable multi-resolution STFT loss between ``(B, T)`` waveforms: spectral
-    convergence + log-magnitude L1, averaged over FFT sizes (hop n/4, Hann) — Yamamoto et al.
-    2020 (Parallel WaveGAN), eq. 4-6."""
-    total = ref.new_zeros(())
-    for n in fft_sizes:
-        win = torch.hann_window(n, device=ref.device, dtype=ref.dtype)
-        mr = torch.stft(ref, n, n // 4, window=win, return_complex=True).abs()
-        me = torch.stft(est, n, n // 4, window=win, return_complex=True).abs()
-        sc = torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp(min=1e-7)
-        mag = (torch.log(mr.clamp(min=1e-7)) - torch.log(me.clamp(min=1e-7))).abs().mean()
-        total = total + sc + mag
-    return total / len(fft_sizes)
 
 
 def rae_loss(model: AudioRAE, wave: Tensor, *, stft_weight: float = 1.0) -> Tensor:
@@ -289,62 +260,6 @@ def rae_loss(model: AudioRAE, wave: Tensor, *, stft_weight: float = 1.0) -> Tens
 
 
 # --------------------------------------------------------------------------- config + family
-
-
-@dataclasses.dataclass(frozen=True)
-class RAEConfig(ModelConfig):
-    """Config of the ``rae`` family."""
-
-    family: ClassVar[str] = "rae"
-    task: ClassVar[str] = "reconstruct"
-
-    sample_rate: int = 16000
-    encoder: EncoderKind = "spectrogram_vit"
-    # mel target / front-end
-    n_fft: int = 1024
-    hop: int = 160
-    n_mels: int = 80
-    # wav2vec2 / HuBERT (torchaudio wav2vec2_model arguments)
-    w2v_extractor_mode: Literal["group_norm", "layer_norm"] = "group_norm"
-    w2v_conv_layers: tuple[tuple[int, int, int], ...] = (
-        (512, 10, 5),
-        (512, 3, 2),
-        (512, 3, 2),
-        (512, 3, 2),
-        (512, 3, 2),
-        (512, 2, 2),
-        (512, 2, 2),
-    )
-    w2v_conv_bias: bool = False
-    w2v_embed_dim: int = 768
-    w2v_pos_conv_kernel: int = 128
-    w2v_pos_conv_groups: int = 16
-    w2v_num_layers: int = 12
-    w2v_num_heads: int = 12
-    w2v_ff_dim: int = 3072
-    w2v_layer_norm_first: bool = False
-    w2v_layer: int = -1
-    # spectrogram ViT
-    vit_dim: int = 192
-    vit_depth: int = 4
-    vit_heads: int = 4
-    vit_patch_mel: int = 16
-    vit_patch_t: int = 4
-    vit_out_dim: int = 192
-    # audio branch encoder (its preset's sizes)
-    branch_d_model: int = 192
-    branch_num_layers: int = 4
-    branch_num_heads: int = 4
-    branch_ffn_dim: int = 768
-    branch_subsampling_channels: int = 64
-    # decoder + vocoder
-    decoder_dim: int = 256
-    decoder_depth: int = 4
-    decoder_heads: int = 4
-    vocoder: Literal["griffinlim", "hifigan"] = "griffinlim"
-    griffinlim_iters: int = 32
-    chunk_seconds: float = 5.12
-    hop_seconds: float = 2.56
 
 
 def _encoder(cfg: RAEConfig) -> tuple[nn.Module, int, int]:
@@ -399,7 +314,7 @@ def _encoder(cfg: RAEConfig) -> tuple[nn.Module, int, int]:
             )
         )
         return branch, cfg.branch_d_model, branch.frame_samples
-    raise UsageError(f"unknown RAE encoder {cfg.encoder!r}")
+    raise ConfigError(f"unknown RAE encoder {cfg.encoder!r}")
 
 
 HIFIGAN_UPSAMPLE_RATES = (5, 4, 4, 2)  # product 160 = the mel hop the vocoder needs
@@ -483,8 +398,6 @@ PRESETS = {
 }
 
 FAMILY: ModelFamily[RAEConfig] = ModelFamily(
-    name="rae",
-    task="reconstruct",
     config_cls=RAEConfig,
     build=build_model,
     presets=PRESETS,

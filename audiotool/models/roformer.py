@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotool.errors import ConfigError, UsageError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
+from audiotool.errors import ConfigError, InputError
+from audiotool.models._config import ModelConfig, ModelFamily
 
 #: the reference's default BS band layout: 62 bands over the 1025 bins of a 2048-point STFT
 DEFAULT_FREQS_PER_BANDS: tuple[int, ...] = (
@@ -320,7 +319,7 @@ class RoformerSeparator(nn.Module):
         """``(B, C, T)`` mixture -> ``{stem: (B, C, T)}``."""
         b, c, t = mixture.shape
         if c != self.channels:
-            raise UsageError(f"model expects {self.channels} channels, got {c}")
+            raise InputError(f"model expects {self.channels} channels, got {c}")
         spec = self._stft(mixture.float())  # (B, F*C, N)
         n = spec.shape[-1]
         picked = torch.view_as_real(spec[:, self.freq_index])  # (B, sum bins, N, 2)
@@ -463,8 +462,6 @@ def tiny_config(variant: Literal["bs", "mel"] = "bs") -> RoformerConfig:
 
 
 FAMILY: ModelFamily[RoformerConfig] = ModelFamily(
-    name="roformer",
-    task="separate",
     config_cls=RoformerConfig,
     build=build_model,
     presets={"tiny": tiny_config, "tiny-mel": lambda: tiny_config("mel")},

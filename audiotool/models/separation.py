@@ -18,19 +18,16 @@ query-based extraction; seed 004's multi-query case).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotool.errors import UsageError
-from audiotool.models._config import ModelConfig
-from audiotool.models.registry import ModelFamily
-
-STEMS4 = ("vocals", "drums", "bass", "other")
+from audiotool.errors import ConfigError, InputError
+from audiotool.models._config import ModelFamily
+from audiotool.models.configs import STEMS4, BandSplitConfig
 
 
 def band_edges(
@@ -55,7 +52,7 @@ def band_edges(
                 f += width
         cuts = sorted({min(n_bins, round(c / hz_per_bin)) for c in cuts_hz} | {n_bins})
     else:
-        raise UsageError(f"band layout must be 'musical' or 'uniform', got {layout!r}")
+        raise ConfigError(f"band layout must be 'musical' or 'uniform', got {layout!r}")
     edges = [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
     return edges
 
@@ -181,7 +178,7 @@ class BandSplitSeparator(nn.Module):
         """``(B, C, T)`` mixture (optional ``query`` ``(B|1, Q)``) -> ``{stem: (B, C, T)}``."""
         b, c, t = mixture.shape
         if c != self.channels:
-            raise UsageError(f"model expects {self.channels} channels, got {c}")
+            raise InputError(f"model expects {self.channels} channels, got {c}")
         pad = max((-t) % self.hop, self.n_fft - t)  # whole hops, and at least one window
         x = F.pad(mixture, (0, pad)) if pad > 0 else mixture
         spec = self._stft(x.float())  # (B, C, F, N)
@@ -195,7 +192,7 @@ class BandSplitSeparator(nn.Module):
         k, d = h.shape[1], h.shape[-1]
         if self.query_film is not None:
             if query is None:
-                raise UsageError("this model needs a query embedding (query=...)")
+                raise InputError("this model needs a query embedding (query=...)")
             gamma, beta = self.query_film(query.float()).chunk(2, dim=-1)
             h = h * (1 + gamma[:, None, None, :]) + beta[:, None, None, :]
         for time_layer, band_layer in zip(self.time_layers, self.band_layers, strict=True):
@@ -223,33 +220,6 @@ class BandSplitSeparator(nn.Module):
 
 
 # --------------------------------------------------------------------------- config + family
-
-
-@dataclasses.dataclass(frozen=True)
-class BandSplitConfig(ModelConfig):
-    """Config of the ``bandsplit`` family."""
-
-    family: ClassVar[str] = "bandsplit"
-    task: ClassVar[str] = "separate"
-
-    sample_rate: int = 44100
-    stems: tuple[str, ...] = STEMS4
-    audio_channels: int = 2
-    n_fft: int = 2048
-    hop: int = 512
-    band_layout: Literal["musical", "uniform"] = "musical"
-    num_bands: int = 16
-    feature_dim: int = 64
-    num_layers: int = 4
-    time_model: Literal["lstm", "conv"] = "lstm"
-    conv_dilations: tuple[int, ...] = (1, 2, 4)
-    mask_hidden: int = 128
-    query_dim: int = 0
-    #: where the query comes from when query_dim > 0: a reference clip given by the user, or
-    #: the whole mixture itself (a per-file global context, computed once per file)
-    query_source: Literal["reference", "mixture"] = "reference"
-    default_chunk_seconds: float = 6.0
-    default_hop_seconds: float = 3.0
 
 
 def build_model(cfg: BandSplitConfig) -> BandSplitSeparator:
@@ -312,8 +282,6 @@ def separation_loss(est: Mapping[str, Tensor], ref: Mapping[str, Tensor]) -> Ten
 
 
 FAMILY: ModelFamily[BandSplitConfig] = ModelFamily(
-    name="bandsplit",
-    task="separate",
     config_cls=BandSplitConfig,
     build=build_model,
     presets={"tiny": tiny_config, "small": small_config, "base": base_config},

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.errors import ConfigError
 from audiotool.features import mel_basis
 
 
@@ -64,7 +65,10 @@ class HiFiGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         if len(upsample_rates) != len(upsample_kernel_sizes):
-            raise ValueError("upsample_rates and upsample_kernel_sizes must have equal length")
+            raise ConfigError(
+                f"upsample_rates {list(upsample_rates)} and upsample_kernel_sizes "
+                f"{list(upsample_kernel_sizes)} must have equal length"
+            )
         self.num_kernels = len(resblock_kernel_sizes)
         self.conv_pre = nn.Conv1d(n_mels, upsample_initial_channel, 7, padding=3)
         self.ups = nn.ModuleList()

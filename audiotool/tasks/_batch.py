@@ -24,13 +24,12 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from audiotool.errors import AudiotoolError, InputError, UsageError
+from audiotool.errors import AudiotoolError, InputError, UsageError, debug_enabled
 from audiotool.paths import (
     ExpandedInputs,
     OutputPlanner,
@@ -90,12 +89,15 @@ class RuntimeOptions:
         batch_size: chunks per forward pass (halved automatically on out-of-memory); None:
             :data:`DEFAULT_BATCH_CPU` on the CPU, :data:`DEFAULT_BATCH_ACCELERATOR` elsewhere.
         seed: seed of every random draw (outputs are deterministic for a seed).
+        threads: torch's CPU threads; None: the CPUs this process may use
+            (:func:`audiotool.device.available_cpus`), or ``OMP_NUM_THREADS`` when set.
     """
 
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int | None = None
     seed: int = 0
+    threads: int | None = None
 
 
 @dataclasses.dataclass
@@ -399,7 +401,7 @@ def _run_one(
         log.debug("%s failed", item.input, exc_info=True)
         return _failure(str(item.input), exc, time.perf_counter() - t0)
     except Exception as exc:  # a bug: keep the batch going, but say so plainly
-        if _debug():
+        if debug_enabled():
             raise
         log.debug("%s crashed", item.input, exc_info=True)
         return FileResult(
@@ -465,10 +467,6 @@ def audio_extension(output: OutputOptions) -> str:
 
 def _nothing(item: WorkItem, audio: AudioData) -> Produced:
     raise AssertionError(f"{item.input} was planned as skipped")
-
-
-def _debug() -> bool:
-    return os.environ.get("AUDIOTOOL_DEBUG", "").strip() not in ("", "0")
 
 
 def _failure(item: str, error: AudiotoolError, seconds: float) -> FileResult:

@@ -30,9 +30,11 @@ class Runtime:
 
     @classmethod
     def from_options(cls, options: RuntimeOptions) -> Runtime:
-        from audiotool.device import resolve_device, resolve_dtype
+        """Resolve ``options``; this also sets torch's (process-wide) CPU thread count."""
+        from audiotool.device import resolve_device, resolve_dtype, set_threads
 
         device = resolve_device(options.device)
+        set_threads(options.threads)
         return cls(
             device=device,
             dtype=resolve_dtype(options.precision, device),

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("demucs")
 
 from audiotool.cli.app import main
+from tests.conftest import use_hf_home
 from tests.importers.demucs_export import (
     RATE,
     STEMS4,
@@ -31,9 +32,8 @@ BAG_WEIGHTS = [[1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 1.0, 2.0]]
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[torch.nn.Module]]:
     """Offline HF cache holding demucs-layout repos; the converted cache in tmp_path."""
-    cache = tmp_path / "hf"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    use_hf_home(monkeypatch, tmp_path / "hf", offline=True)
+    cache = tmp_path / "hf" / "hub"
     monkeypatch.setenv("AUDIOTOOL_CACHE", str(tmp_path / "atcache"))
     m1, m2, m6 = make_htdemucs(1), make_htdemucs(2), make_htdemucs(6, sources=STEMS6)
     publish(cache, tmp_path, "org/tiny", "tiny", [m1])
@@ -180,7 +180,7 @@ def test_mono_48k_input(hub, tmp_path: Path, capsys) -> None:  # type: ignore[no
 
 def test_refusals_exit_2_nothing_written(hub, song, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     path, _ = song
-    cache = Path(str(tmp_path / "hf"))
+    cache = tmp_path / "hf" / "hub"
     st = export_safetensors(
         make_htdemucs(0), tmp_path / "s.safetensors", klass="demucs.demucs.Demucs"
     )

@@ -62,11 +62,40 @@ def test_shape_and_batch_size_independence() -> None:
 
 
 def test_context_reaches_every_span_and_step() -> None:
-    _, den = run(2)
-    for ctx in den.contexts:
-        assert set(ctx.tolist()) <= {0.5, -0.5}
-    # spans of item 0 see +0.5, of item 1 -0.5, in both CFG halves
-    assert any(0.5 in c.tolist() and -0.5 in c.tolist() for c in den.contexts)
+    """Every span of item b, at every step and in both CFG halves, gets item b's context."""
+    seen: list[tuple[Tensor, Tensor]] = []
+
+    def den(x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        seen.append((cond["concat"].clone(), cond["global"].clone()))
+        return torch.zeros_like(x)
+
+    # item 0's conditioning is all +1, item 1's all -1: a span's rows say which item they are
+    latent = torch.ones(2, 2, 37, 4)
+    latent[1] = -1.0
+    steps = 4
+    with torch.no_grad():
+        sample_chunked(
+            den,
+            latent,
+            chunk=16,
+            overlap=4,
+            timesteps=ddim_timesteps(steps),
+            alphas_cumprod=ACP,
+            context={"global": torch.tensor([0.5, -0.5])},
+            uncond_latent=-11.5,
+            guidance=2.0,
+            generator=torch.Generator().manual_seed(0),
+            batch_size=2,
+        )
+    rows = 0
+    for concat, ctx in seen:
+        n = concat.shape[0] // 2  # conditional rows, then the same spans unconditional
+        item_sign = concat[:n].mean(dim=(1, 2, 3)).sign()
+        assert torch.equal(ctx[:n], 0.5 * item_sign)
+        assert torch.equal(ctx[n:], ctx[:n]) and bool((concat[n:] == -11.5).all())
+        rows += n
+    spans_per_item = 3  # 37 frames in chunks of 16 overlapping by 4
+    assert rows == 2 * spans_per_item * steps
 
 
 def test_seed_changes_result_and_is_reproducible() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotool.errors import UsageError
+from audiotool.errors import ConfigError
 from audiotool.models.audio_branch import (
     PRESETS,
     SegmentAttentionPooling,
@@ -69,7 +69,7 @@ def test_short_clip_fewer_frames_than_segments() -> None:
     pool = SegmentAttentionPooling(dim=8, num_segments=8, pooling="attention", num_heads=2)
     out = pool(torch.randn(1, 3, 8))
     assert out.shape == (1, 8, 8) and torch.isfinite(out).all()
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError, match="pooling"):
         SegmentAttentionPooling(dim=8, pooling="median")  # type: ignore[arg-type]
 
 
@@ -149,7 +149,7 @@ def test_padded_batch_equals_one_by_one(normalize: bool) -> None:
 
 
 def test_per_utterance_normalisation() -> None:
-    from audiotool.models.audio_branch import LogMel
+    from audiotool.features import LogMel
 
     mel = LogMel(normalize=True)
     x = torch.randn(2, 16000) * torch.tensor([[0.01], [1.0]])

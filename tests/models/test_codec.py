@@ -89,8 +89,8 @@ def test_saves_and_loads_strictly(tmp_path: Path) -> None:
 def test_loss_reuses_the_reference_spectrum_and_equals_the_forward_round_trip() -> None:
     """codec_loss decodes from the spectrum it also scores against; that must be exactly
     the model's own forward (so training optimises what reconstruct runs)."""
-    from audiotool.metrics import log_mel_power
-    from audiotool.models.rae import multi_resolution_stft_loss
+    from audiotool.features import log_mel_power
+    from audiotool.losses import multi_resolution_stft_loss
 
     m = _tiny().eval()
     x = 0.2 * torch.randn(2, 20 * m.frame_samples)

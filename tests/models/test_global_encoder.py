@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from audiotool.features import sinusoidal_positions
 from audiotool.models.global_encoder import (
     GlobalAudioEncoder,
     GlobalCrossAttention,
-    sinusoidal_positions,
 )
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from audiotool.errors import ConfigError, InputError
+from audiotool.losses import multi_resolution_stft_loss
 from audiotool.models.rae import (
     PRESETS,
     build_model,
     compute_latent_stats,
-    multi_resolution_stft_loss,
     rae_loss,
 )
 

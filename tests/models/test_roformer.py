@@ -10,7 +10,7 @@ import torch
 from audiotool.engine.segments import RoformerPlan, run_segments
 from audiotool.errors import ConfigError, EngineError
 from audiotool.hub import load_state_strict
-from audiotool.models.registry import FAMILY_TASKS, get_family
+from audiotool.models.registry import get_family
 from audiotool.models.roformer import RoformerConfig, build_model, tiny_config
 from tests.roformer_reference import HOP, RATE, build_reference, reference_demix
 
@@ -51,7 +51,7 @@ def stacked(out: dict[str, torch.Tensor], stems: tuple[str, ...]) -> torch.Tenso
 
 
 def test_registered() -> None:
-    assert FAMILY_TASKS["roformer"] == "separate"
+    assert get_family("roformer").task == "separate"
     assert get_family("roformer").config_cls is RoformerConfig
     cfg = tiny_config("mel")
     assert RoformerConfig.from_dict(cfg.to_json_dict()) == cfg

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotool.errors import UsageError
+from audiotool.errors import InputError
 from audiotool.models.separation import (
     BandSplitConfig,
     band_edges,
@@ -68,7 +68,7 @@ def test_query_conditioning() -> None:
         c = model(x, query=q1.expand(2, 8))["target"]
     assert not torch.allclose(a, b)
     assert torch.allclose(a, c, atol=1e-6)  # a (1, Q) query broadcasts
-    with pytest.raises(UsageError, match="query"):
+    with pytest.raises(InputError, match="query"):
         model(x)
 
 

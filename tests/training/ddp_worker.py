@@ -13,10 +13,9 @@ from audiotool.hub import build_model
 from audiotool.models import registry
 from audiotool.training import distributed
 from audiotool.training.loop import train
-from tests.conftest import TEST_FAMILY
 from tests.training.toy import ToyAdapter, toy_recipe
 
-registry._LOADERS["test_scale"] = lambda: TEST_FAMILY
+registry._MODULES["test_scale"] = ("tests.conftest", "tests.conftest")
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
 device = distributed.init(torch.device("cpu"))
