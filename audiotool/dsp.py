@@ -6,6 +6,10 @@
 - :func:`replace_low_band` / :func:`replace_low_mel_bins`: keep the input's own low band in a
   generated signal, with a raised-cosine crossfade across a transition band (AudioSR replaces
   the band with a hard cut; see ``shared/reference/audiosr.md`` "Post-processing").
+- :func:`split_bands`: the same split as two parts, with the generated band's level bounded by
+  what the input's top octave predicts (:func:`predicted_band_power`), and
+  :func:`limit_generated`: a look-ahead gain on the generated band only that keeps the sum
+  within full scale.
 - ``match_level`` (restore the input's level; AudioSR peak-normalises to 0.5 instead) lives in
   :mod:`audiotool.audio` with the other level helpers and is re-exported here.
 """
@@ -177,17 +181,50 @@ def replace_low_band(
     n_fft: int = 2048,
     hop: int = 512,
     match_energy: bool = True,
+    bound_level: bool = False,
 ) -> Tensor:
     """Keep ``reference``'s spectrum below the cutoff and ``generated``'s above it.
 
-    Both are ``(C, T)`` at ``sample_rate`` (same length; ``generated`` is cropped / padded).
-    In the STFT domain (Hann ``n_fft`` / ``hop``) the output is ``m·R + (1 - m)·g·G`` where
-    ``m`` is 1 below ``cutoff - transition``, a raised cosine across the transition band and 0
-    above the cutoff, and ``g`` (when ``match_energy``) scales the generated band so its
-    magnitude in the transition band equals the reference's (clamped to [0.25, 4]; AudioSR does
-    the opposite — rescales the input by a ratio taken at the single cutoff bin — which changes
-    the input's level). Below the transition band the output equals the reference up to STFT
-    round-off.
+    The sum of the two parts of :func:`split_bands` (see there); ``(C, T)`` in and out.
+    """
+    kept, gen = split_bands(
+        generated,
+        reference,
+        sample_rate,
+        cutoff_hz,
+        transition_hz=transition_hz,
+        n_fft=n_fft,
+        hop=hop,
+        match_energy=match_energy,
+        bound_level=bound_level,
+    )
+    return kept + gen
+
+
+def split_bands(
+    generated: Tensor,
+    reference: Tensor,
+    sample_rate: int,
+    cutoff_hz: float,
+    *,
+    transition_hz: float | None = None,
+    n_fft: int = 2048,
+    hop: int = 512,
+    match_energy: bool = True,
+    bound_level: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The kept band of ``reference`` and the generated band of ``generated``, ``(C, T)`` each.
+
+    Both inputs are ``(C, T)`` at ``sample_rate`` (``generated`` is cropped / padded to
+    ``reference``'s length). In the STFT domain (Hann ``n_fft`` / ``hop``) the kept part is
+    ``m·R`` and the generated part ``(1 - m)·g·b·G``, where ``m`` is 1 below
+    ``cutoff - transition``, a raised cosine across the transition band and 0 above the cutoff;
+    ``g`` (when ``match_energy``) scales the generated band so its magnitude in the transition
+    band equals the reference's (clamped to [0.25, 4]; AudioSR does the opposite — rescales the
+    input by a ratio taken at the single cutoff bin — which changes the input's level); ``b``
+    (when ``bound_level``) is the per-frame ceiling of :func:`predicted_band_power`: the
+    generated band is never louder than what the reference's own top octave predicts. The kept
+    part equals the reference below the transition band up to STFT round-off.
     """
     ref = _as_2d(reference).float()
     gen = _as_2d(generated).float().to(ref.device)
@@ -195,12 +232,12 @@ def replace_low_band(
     gen = fit_length(gen, length)
     nyquist = sample_rate / 2
     if cutoff_hz >= nyquist:
-        return ref.clone()
+        return ref.clone(), torch.zeros_like(ref)
     if transition_hz is None:
         transition_hz = min(0.1 * cutoff_hz, 1000.0)
     if length < n_fft:  # too short for a spectral crossfade: a plain zero-phase split
         low = lowpass(ref, sample_rate, cutoff_hz)
-        return low + (gen - lowpass(gen, sample_rate, cutoff_hz))
+        return low, gen - lowpass(gen, sample_rate, cutoff_hz)
     win = torch.hann_window(n_fft, device=ref.device)
     stft = lambda s: torch.stft(s, n_fft, hop, window=win, return_complex=True)  # noqa: E731
     r_spec, g_spec = stft(ref), stft(gen)
@@ -213,8 +250,87 @@ def replace_low_band(
             den = g_spec[:, band].abs().sum(dim=(1, 2)).clamp(min=1e-12)
             gain = (num / den).clamp(0.25, 4.0)[:, None, None]
             g_spec = g_spec * gain
-    out = mask * r_spec + (1 - mask) * g_spec
-    return torch.istft(out, n_fft, hop, window=win, length=length)
+    g_spec = (1 - mask) * g_spec
+    if bound_level:
+        allowed = predicted_band_power(r_spec, freqs, cutoff_hz - transition_hz)  # (C, K, N)
+        weight = (1 - mask).pow(2)
+        have = g_spec.abs().pow(2).sum(dim=1)  # (C, N)
+        want = (allowed * weight).sum(dim=1)
+        g_spec = g_spec * (want / have.clamp(min=1e-20)).clamp(max=1.0).sqrt()[:, None, :]
+    istft = lambda s: torch.istft(s, n_fft, hop, window=win, length=length)  # noqa: E731
+    return istft(mask * r_spec), istft(g_spec)
+
+
+def predicted_band_power(
+    spec: Tensor, freqs: Tensor, top_hz: float, *, max_slope_db: float = 0.0
+) -> Tensor:
+    """Per-frame power the content above ``top_hz`` may have, extrapolated from the octave below.
+
+    ``spec`` ``(C, K, N)`` complex STFT, ``freqs`` ``(K,)`` Hz. The level is each frame's mean
+    power in the top half-octave ``[top / sqrt 2, top)`` (the max of the frame and its two
+    neighbours, so a transient's onset frame is not starved); the shape is a power law whose
+    slope (dB / octave) is fitted to the long-term spectrum of the whole top octave
+    ``[top / 2, top)`` per channel and clamped to at most ``max_slope_db`` (a spectrum that rises
+    towards the cutoff is extrapolated flat). Returns ``(C, K, N)`` power per bin (0 below
+    ``top_hz``).
+    """
+    power = spec.abs().pow(2).double()  # (C, K, N)
+    octave = (freqs >= top_hz / 2) & (freqs < top_hz) & (freqs > 0)
+    half = (freqs >= top_hz / math.sqrt(2)) & (freqs < top_hz)
+    if int(half.sum()) < 1 or int(octave.sum()) < 2:
+        return torch.zeros_like(power, dtype=spec.real.dtype)
+    level = power[:, half].mean(dim=1)  # (C, N)
+    level = torch.nn.functional.max_pool1d(level[:, None], 3, stride=1, padding=1)[:, 0]
+    x = torch.log2(freqs[octave].double())
+    y = 10 * torch.log10(power[:, octave].mean(dim=2) + 1e-30)  # (C, K_oct)
+    xc = x - x.mean()
+    slope = ((y - y.mean(dim=1, keepdim=True)) * xc).sum(dim=1) / xc.pow(2).sum()  # dB / oct
+    slope = slope.clamp(max=max_slope_db)
+    f_ref = top_hz / 2**0.25  # the half-octave's geometric centre
+    octaves = torch.log2(freqs.double().clamp(min=1e-9) / f_ref)  # (K,)
+    shape = torch.pow(10.0, slope[:, None] * octaves[None] / 10)  # (C, K)
+    out = shape[:, :, None] * level[:, None, :]
+    out = out * (freqs >= top_hz).double()[None, :, None]
+    return out.to(spec.real.dtype)
+
+
+def limit_generated(
+    kept: Tensor,
+    generated: Tensor,
+    sample_rate: int,
+    *,
+    ceiling: float = 0.999,
+    window_s: float = 0.004,
+) -> tuple[Tensor, Tensor]:
+    """Scale ``generated`` down where ``kept + generated`` would exceed ``ceiling``.
+
+    ``kept`` / ``generated`` ``(C, T)``. The gain is the largest ``a(t)`` in [0, 1] with
+    ``|kept + a·generated| <= ceiling`` at every sample (0 where ``kept`` alone is over), then a
+    sliding minimum over ``2W + 1`` samples (look-ahead and hold of ``W = window_s``) smoothed by
+    a Hann window of the same length, so it never exceeds the per-sample bound and has no
+    clicks; one gain for all channels (the stereo image stays). ``kept`` is never changed.
+
+    Returns ``(kept + a·generated, a)`` with ``a`` of shape ``(T,)``.
+    """
+    h = generated.double()
+    k = kept.double()
+    mag = h.abs()
+    direction = torch.sign(h)
+    bound = ((ceiling - k * direction) / mag.clamp(min=1e-12)).clamp(0.0, 1.0)
+    bound = torch.where(mag > 1e-12, bound, torch.ones_like(bound))
+    a = bound.amin(dim=0)  # (T,)
+    if bool((a >= 1.0).all()):
+        return (k + h).to(generated.dtype), torch.ones_like(a, dtype=generated.dtype)
+    w = max(1, int(round(window_s * sample_rate)))
+    size = 2 * w + 1
+    padded = torch.nn.functional.pad(a[None, None], (w, w), value=1.0)
+    a = -torch.nn.functional.max_pool1d(-padded, size, stride=1)[0, 0]
+    win = torch.hann_window(size + 2, periodic=False, dtype=torch.float64)[1:-1]
+    win = win / win.sum()
+    # edge values, not 1: every sample the smoothing sees is a minimum over a window holding t
+    padded = torch.nn.functional.pad(a[None, None], (w, w), mode="replicate")
+    a = torch.nn.functional.conv1d(padded, win[None, None])[0, 0].clamp(0.0, 1.0)
+    return (k + a * h).to(generated.dtype), a.to(generated.dtype)
 
 
 def mel_bin_for_frequency(

@@ -5,8 +5,13 @@ JSON schema (stable)::
     upsample:    {"task": "upsample", "input_rate": 16000, "eval_rate": 48000,
                   "degradation": str,
                   "rows": [{"system": "model" | "input" | "baseline",
-                            "mean": {"lsd": f, "lsd_hf": f, "lsd_lf": f, "si_sdr": f},
-                            "files": [{"file": str, "lsd": f, ...}]}]}
+                            "mean": {"lsd": f, "lsd_hf": f, "lsd_lf": f, "si_sdr": f,
+                                     "hf_ratio_db": f, "limited": int | null},
+                            "files": [{"file": str, "lsd": f, ..., "hf_ratio_db": f,
+                                       "limited": bool | null}]}]}
+                 hf_ratio_db: generated-to-true energy above the input's Nyquist (dB);
+                 limited: whether the system had to turn its generated band down to stay
+                 within full scale (null: the system does not say; mean: how many files)
     separate:    {"task": "separate", "rows": [{"system": ..., "mean": {"vocals": {"si_sdr": f,
                   "usdr": f[, "csdr": f]}, ..., "average": {...}}, "files": [{"file": str,
                   "vocals": {...}, ..., "average": {...}}]}]}
@@ -41,7 +46,8 @@ DEGRADATION = (
     "Kaiser-windowed sinc (width 64, rolloff 0.9476, beta 14.77; stop band < -100 dB above "
     "the input Nyquist) — audiotool.dsp.degrade"
 )
-UpsampleSystem = Callable[[Tensor, int], Tensor]
+#: ``(audio, rate) -> audio`` or ``(audio, {"limited": bool})``
+UpsampleSystem = Callable[[Tensor, int], Tensor | tuple[Tensor, Mapping[str, Any]]]
 SeparateSystem = Callable[[Tensor, int], Mapping[str, Tensor]]
 
 
@@ -97,13 +103,14 @@ def evaluate_upsample(
     """Score upsampling systems on the references in ``data_dir`` (see the module schema).
 
     Rows: every given system (e.g. ``"model"``), ``"input"`` (the degraded input itself) and
-    ``"baseline"`` (:func:`audiotool.baselines.spectral_band_replication`).
+    ``"baseline"`` (:func:`audiotool.baselines.spectral_band_replication`). A system may return
+    ``(audio, info)`` where ``info["limited"]`` says whether its output needed limiting.
     """
     from audiotool.audio import resample
     from audiotool.baselines import spectral_band_replication
     from audiotool.dsp import degrade
     from audiotool.errors import UsageError
-    from audiotool.metrics import lsd, si_sdr
+    from audiotool.metrics import high_band_energy_ratio, lsd, si_sdr
 
     if input_rate >= eval_rate:
         raise UsageError(f"input rate {input_rate} must be below the evaluation rate {eval_rate}")
@@ -121,7 +128,8 @@ def evaluate_upsample(
         ref = resample(audio, rate, eval_rate)
         low = resample(degrade(ref, eval_rate, input_rate), eval_rate, input_rate)
         for name, system in all_systems.items():
-            est = system(low, input_rate)
+            out = system(low, input_rate)
+            est, info = out if isinstance(out, tuple) else (out, {})
             n = ref.shape[-1]
             est = (
                 est[..., :n]
@@ -139,9 +147,15 @@ def evaluate_upsample(
                         ref, est, sample_rate=eval_rate, input_rate=input_rate, band="lf"
                     ),
                     "si_sdr": _finite(si_sdr(ref, est)),
+                    "hf_ratio_db": _finite(
+                        high_band_energy_ratio(
+                            ref, est, sample_rate=eval_rate, input_rate=input_rate
+                        )
+                    ),
+                    "limited": None if "limited" not in info else bool(info["limited"]),
                 }
             )
-    keys = ("lsd", "lsd_hf", "lsd_lf", "si_sdr")
+    keys = ("lsd", "lsd_hf", "lsd_lf", "si_sdr", "hf_ratio_db")
     return {
         "task": "upsample",
         "input_rate": input_rate,
@@ -150,12 +164,21 @@ def evaluate_upsample(
         "rows": [
             {
                 "system": name,
-                "mean": {k: _mean([f[k] for f in files]) for k in keys},
+                "mean": {
+                    **{k: _mean([f[k] for f in files]) for k in keys},
+                    "limited": _count([f["limited"] for f in files]),
+                },
                 "files": files,
             }
             for name, files in rows.items()
         ],
     }
+
+
+def _count(flags: Sequence[bool | None]) -> int | None:
+    """How many are True (None when no file said)."""
+    said = [f for f in flags if f is not None]
+    return sum(said) if said else None
 
 
 # --------------------------------------------------------------------------- separate
@@ -381,16 +404,25 @@ def format_rows(
             )
         return header, rows
     keys = (
-        ["lsd", "lsd_hf", "lsd_lf", "si_sdr"]
+        ["lsd", "lsd_hf", "lsd_lf", "si_sdr", "hf_ratio_db"]
         if task == "upsample"
         else ["si_sdr", "log_mel", "mrstft"]
     )
-    header = ["system", "file", *keys]
+    header = ["system", "file", *keys] + (["limited"] if task == "upsample" else [])
     for row in result["rows"]:
         items = (row["files"] if per_file else []) + [{"file": "mean", **row["mean"]}]
         for f in items:
-            rows.append(
-                [row["system"], Path(f["file"]).name if f["file"] != "mean" else "mean"]
-                + [_fmt(f[k]) for k in keys]
-            )
+            cells = [row["system"], Path(f["file"]).name if f["file"] != "mean" else "mean"]
+            cells += [_fmt(f.get(k)) for k in keys]
+            if task == "upsample":
+                cells.append(_fmt_limited(f.get("limited"), len(row["files"])))
+            rows.append(cells)
     return header, rows
+
+
+def _fmt_limited(v: bool | int | None, n_files: int) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v}/{n_files}"

@@ -74,6 +74,32 @@ def lsd(
     return float(per_frame.mean())
 
 
+def high_band_energy_ratio(
+    ref: Tensor,
+    est: Tensor,
+    *,
+    sample_rate: int = 48000,
+    input_rate: int,
+    n_fft: int = 2048,
+    hop: int = 512,
+) -> float:
+    """Energy of ``est`` over that of ``ref`` above ``input_rate / 2``, in dB (all channels).
+
+    The level check of bandwidth extension: 0 dB = the generated band is as loud as the true
+    one, > 0 louder. ``-inf`` when ``est`` has nothing there, ``nan`` when ``ref`` has nothing.
+    """
+    r, e = _pair(ref, est)
+    win = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = lambda x: torch.stft(x, n_fft, hop, window=win, return_complex=True)  # noqa: E731
+    sr, se = spec(r), spec(e)
+    split = int(math.ceil(input_rate / 2 * n_fft / sample_rate))
+    num = float(se[:, split:].abs().pow(2).sum())
+    den = float(sr[:, split:].abs().pow(2).sum())
+    if den <= 0:
+        return float("nan")
+    return 10 * math.log10(num / den) if num > 0 else float("-inf")
+
+
 def si_sdr(ref: Tensor, est: Tensor, eps: float = 1e-12) -> float:
     """Scale-invariant SDR in dB (Le Roux et al. 2019), zero-mean, per channel then averaged.
 

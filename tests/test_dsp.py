@@ -9,12 +9,14 @@ import torch
 from audiotool.dsp import (
     degrade,
     estimate_cutoff,
+    limit_generated,
     long_term_spectrum,
     lowpass,
     match_level,
     mel_bin_for_frequency,
     replace_low_band,
     replace_low_mel_bins,
+    split_bands,
 )
 
 
@@ -137,3 +139,39 @@ def test_mel_helpers() -> None:
     out = replace_low_mel_bins(gen, cond, k, transition_bins=4)
     assert torch.all(out[..., : k - 4] == 1) and torch.all(out[..., k:] == 0)
     assert bool((out[..., k - 4 : k].diff(dim=-1) <= 0).all())
+
+
+def test_split_bands_sums_to_replace_low_band_and_caps_the_generated_band() -> None:
+    rate, cutoff = 48000, 8000.0
+    ref = lowpass(_noise("white", rate, 0) * 0.1, rate, cutoff)  # flat up to the cutoff
+    gen = _noise("white", rate, 1) * 3.0  # a generated band 30x too loud
+    kept, free = split_bands(gen, ref, rate, cutoff, bound_level=False)
+    assert torch.allclose(
+        kept + free, replace_low_band(gen, ref, rate, cutoff, match_energy=True), atol=1e-5
+    )
+    kept_b, capped = split_bands(gen, ref, rate, cutoff)
+    assert torch.equal(kept, kept_b)  # the kept band does not depend on the cap
+    f, p_ref = long_term_spectrum(ref, rate)
+    _, p_cap = long_term_spectrum(capped, rate)
+    top = (f > 5000) & (f < 6500)
+    above = (f > 9000) & (f < 20000)
+    # a flat top octave predicts a flat band above: the capped band is no louder than it
+    assert 10 * np.log10(p_cap[above].mean() / p_ref[top].mean()) < 1.0
+    _, p_free = long_term_spectrum(free, rate)
+    assert 10 * np.log10(p_free[above].mean() / p_ref[top].mean()) > 5.0  # (it was louder)
+
+
+def test_limit_generated_keeps_the_sum_within_full_scale_and_the_kept_band_intact() -> None:
+    rate = 48000
+    t = torch.arange(rate) / rate
+    kept = 0.9 * torch.sin(2 * math.pi * 100 * t)[None].repeat(2, 1)
+    kept[1, 1000:1100] = 1.2  # the kept band itself over full scale in one place
+    gen = 0.5 * torch.sin(2 * math.pi * 9000 * t)[None].repeat(2, 1)
+    out, gain = limit_generated(kept, gen, rate, ceiling=0.999)
+    assert gain.shape == (rate,) and float(gain.min()) < 1.0
+    assert torch.allclose(out, kept + gain * gen, atol=1e-6)  # only the generated band changes
+    over = kept.abs() > 0.999
+    assert float(out.abs()[~over].max()) <= 0.999 + 1e-6
+    assert float(gain.diff().abs().max()) < 0.01  # smooth: no clicks
+    quiet, g1 = limit_generated(kept * 0.1, gen * 0.1, rate)
+    assert torch.equal(g1, torch.ones(rate)) and torch.allclose(quiet, (kept + gen) * 0.1)

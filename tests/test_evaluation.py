@@ -43,13 +43,42 @@ def test_upsample_schema_and_ordering(tmp_path: Path) -> None:
     systems = [r["system"] for r in result["rows"]]
     assert systems == ["model", "input", "baseline"]
     for row in result["rows"]:
-        assert set(row["mean"]) == {"lsd", "lsd_hf", "lsd_lf", "si_sdr"}
+        assert set(row["mean"]) == {"lsd", "lsd_hf", "lsd_lf", "si_sdr", "hf_ratio_db", "limited"}
         assert len(row["files"]) == 2
     by = {r["system"]: r["mean"] for r in result["rows"]}
     assert by["model"]["lsd"] == pytest.approx(by["input"]["lsd"])
     assert by["baseline"]["lsd_hf"] < by["input"]["lsd_hf"]
+    assert by["input"]["hf_ratio_db"] < -30 and by["input"]["limited"] is None  # nothing there
     header, rows = format_rows(result)
     assert header[:2] == ["system", "file"] and len(rows) == 9
+    assert header[-2:] == ["hf_ratio_db", "limited"]
+
+
+def test_upsample_reports_high_band_level_and_limiting(tmp_path: Path) -> None:
+    from audiotool.audio import read_audio, resample
+    from audiotool.dsp import lowpass
+
+    for i, f in enumerate((200.0, 330.0)):
+        sf.write(tmp_path / f"r{i}.wav", _tone(48000, 1.0, f), 48000)
+    truths = [read_audio(tmp_path / f"r{i}.wav").samples for i in range(2)]
+    calls: list[int] = []
+
+    def loud(x: torch.Tensor, sr: int) -> tuple[torch.Tensor, dict[str, bool]]:
+        """The true high band 10 dB too loud; reports 'limited' for the first file only."""
+        truth = truths[len(calls)]
+        calls.append(1)
+        high = truth - lowpass(truth, 48000, sr / 2)
+        return resample(x, sr, 48000) + high * 10 ** (10 / 20), {"limited": len(calls) == 1}
+
+    result = evaluate_upsample(tmp_path, systems={"model": loud}, input_rate=16000)
+    model = result["rows"][0]
+    ratios = [f["hf_ratio_db"] for f in model["files"]]
+    assert ratios == [pytest.approx(10.0, abs=1.0)] * 2
+    assert [f["limited"] for f in model["files"]] == [True, False]
+    assert model["mean"]["limited"] == 1
+    assert result["rows"][2]["mean"]["limited"] is None  # the baseline does not say
+    _, rows = format_rows(result)
+    assert rows[0][-1] == "yes" and rows[2][-1] == "1/2"
 
 
 def _song(folder: Path, seed: int) -> None:

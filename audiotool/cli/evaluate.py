@@ -67,7 +67,8 @@ def eval_upsample(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """LSD (full, HF, LF) and SI-SDR at 48 kHz of the model, the degraded input and SBR."""
+    """LSD (full, HF, LF), SI-SDR, the generated-to-true high-band energy (dB) at 48 kHz of the
+    model, the degraded input and SBR; and how many model outputs needed limiting."""
     from audiotool.cli._report import setup_logging
     from audiotool.errors import UsageError
     from audiotool.evaluation import evaluate_upsample
@@ -83,9 +84,12 @@ def eval_upsample(
         rt = _runtime(device, threads)
         loaded: Any = load_task_model(model, "upsample", revision=revision, runtime=rt)
         opts = UpsampleOptions(steps=steps, cutoff=0.95 * input_rate / 2)
-        systems["model"] = lambda x, sr: (
-            upsample_tensor(loaded.model, loaded.config, x, sr, options=opts, runtime=rt).audio
-        )
+
+        def upsample_model(x: Any, sr: int) -> tuple[Any, dict[str, bool]]:
+            res = upsample_tensor(loaded.model, loaded.config, x, sr, options=opts, runtime=rt)
+            return res.audio, {"limited": res.limited}
+
+        systems["model"] = upsample_model
     result = evaluate_upsample(data, systems=systems, input_rate=input_rate)
     _report(result, as_json, per_file)
 

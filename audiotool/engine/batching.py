@@ -11,6 +11,9 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+import torch
+from torch import Tensor
+
 from audiotool.errors import DeviceOutOfMemoryError
 
 log = logging.getLogger(__name__)
@@ -95,3 +98,19 @@ def map_batches(
         if progress is not None:
             progress(start, total)
     return b
+
+
+def per_row(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn`` over the leading dim of ``x``, one distinct row at a time, at inference.
+
+    Small matrix products (time embedding, per-item context) take a different BLAS / cuBLAS
+    kernel for each batch size, so an item's result would change in the last bits with the
+    batch it shares — and a vocoder's phase retrieval amplifies that to audible differences.
+    Computing each distinct row alone makes the result batch-invariant (and cheaper: the rows of
+    a DDIM step share one timestep). With gradients enabled (training) ``fn(x)`` is used.
+    """
+    if torch.is_grad_enabled() or x.shape[0] == 1:
+        return fn(x)
+    rows, inverse = torch.unique(x.reshape(x.shape[0], -1), dim=0, return_inverse=True)
+    outs = torch.cat([fn(rows[i : i + 1].reshape(1, *x.shape[1:])) for i in range(len(rows))])
+    return outs[inverse]

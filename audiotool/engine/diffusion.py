@@ -10,8 +10,12 @@ sampled with DDIM (+ classifier-free guidance in one batched forward) in mini-ba
 caller) are given unchanged to every span and every step. The samples are crossfaded over the
 overlaps.
 
-Randomness: each span gets its own generator, seeded from ``generator`` up front, for its
-starting noise and its η noise, so the result does not depend on ``batch_size``.
+Randomness: each span position gets its own generator, seeded from ``generator`` up front, for
+its starting noise and its η noise — the same for every item (identical items give identical
+samples, the channels of a stereo file get coherent noise), so the noise does not depend on
+``batch_size``. The denoiser itself must be batch-invariant for the whole result not to depend
+on it (floating-point kernels that change with the batch shape are amplified by a vocoder's
+phase retrieval; see :class:`audiotool.models.unet.UNetModel`).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def sample_chunked(
         uncond_latent: the ``"concat"`` value of the unconditional pass (a constant or a tensor
             broadcastable to a span); None disables guidance. The context is kept in both passes.
         guidance, eta, parameterization, final_alpha: DDIM settings.
-        generator: seeds every span's own generator.
+        generator: seeds every span position's own generator (shared by the items).
         batch_size: spans per forward (halved on out-of-memory).
         time_multiple: spans shorter than ``chunk`` are padded (replicate) to a multiple of this
             (e.g. the UNet's total downsampling) and cropped back.
@@ -83,7 +87,8 @@ def sample_chunked(
     spans = plan_spans(length, chunk, min(overlap, chunk - 1))
     work: list[tuple[int, Span]] = [(b, s) for b in range(b_items) for s in spans]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    seeds = torch.randint(0, 2**62, (len(work),), generator=gen).tolist()
+    span_seeds = torch.randint(0, 2**62, (len(spans),), generator=gen).tolist()
+    seeds = [span_seeds[i % len(spans)] for i in range(len(work))]
     pad_to = spans[0].length
     if pad_to < chunk and pad_to % time_multiple:
         pad_to += time_multiple - pad_to % time_multiple

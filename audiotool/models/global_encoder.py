@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.batching import per_row
 from audiotool.features import sinusoidal_positions
 
 
@@ -135,13 +136,18 @@ class GlobalCrossAttention(nn.Module):
         tokens = global_vec[:, None, :]
         if global_seq is not None:
             tokens = torch.cat([tokens, global_seq], dim=1)
-        ctx = self.proj_context(tokens.to(x.dtype))
-        if ctx.shape[0] == 1 and x.shape[0] != 1:
-            ctx = ctx.expand(x.shape[0], -1, -1)
+
+        def keys_values(tok: Tensor) -> Tensor:
+            ctx = self.proj_context(tok)
+            return torch.cat([self.to_k(ctx), self.to_v(ctx)], dim=-1)
+
+        kv = per_row(keys_values, tokens.to(x.dtype))
+        if kv.shape[0] == 1 and x.shape[0] != 1:
+            kv = kv.expand(x.shape[0], -1, -1)
         b, length, c = x.shape
         h = self.num_heads
         q = self.to_q(self.norm(x)).view(b, length, h, c // h).transpose(1, 2)
-        k = self.to_k(ctx).view(b, -1, h, c // h).transpose(1, 2)
-        v = self.to_v(ctx).view(b, -1, h, c // h).transpose(1, 2)
+        k = kv[..., :c].reshape(b, -1, h, c // h).transpose(1, 2)
+        v = kv[..., c:].reshape(b, -1, h, c // h).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, c)
         return x + self.to_out(out)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.batching import per_row
 from audiotool.models.global_encoder import GlobalAudioEncoder, GlobalCrossAttention
 
 
@@ -72,7 +73,7 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.in_layers(x) + self.emb_layers(emb).type(x.dtype)[..., None, None]
+        h = self.in_layers(x) + per_row(self.emb_layers, emb).type(x.dtype)[..., None, None]
         return self.skip_connection(x) + self.out_layers(h)
 
 
@@ -365,7 +366,9 @@ class UNetModel(nn.Module):
         self, x: Tensor, timesteps: Tensor, *, context: Mapping[str, Tensor] | None = None
     ) -> Tensor:
         """``(B, C_in, T, F)`` + timesteps ``(B,)`` (+ context) -> ``(B, C_out, T, F)``."""
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        emb = per_row(
+            self.time_embed, timestep_embedding(timesteps, self.model_channels).to(x.dtype)
+        )
         ctx = context if self.use_global_encoder else None
         hs = []
         h = x

@@ -11,10 +11,20 @@ Per file (``shared/reference/audiosr.md`` "Pre-/Post-processing", with the fixes
    conditioning latent;
 4. DDIM with classifier-free guidance over overlapping chunks, all chunks of all channels in
    mini-batches (:func:`audiotool.engine.diffusion.sample_chunked`), crossfaded;
-5. decode + low mel bins taken from the input (crossfaded transition), vocode in chunks;
+5. decode + low mel bins taken from the input (crossfaded transition), vocode in chunks (the
+   mel is mirror-extended at both file edges first: Griffin-Lim starting from zero phase turns
+   an edge frame of a reflect-padded signal into a click);
 6. the input's own band below the cutoff replaces the generated one in the STFT domain with a
-   raised-cosine transition band, so the output keeps the input's level and low band exactly;
-7. trim to the input's exact duration; write.
+   raised-cosine transition band (:func:`audiotool.dsp.split_bands`), so the output keeps the
+   input's level and low band exactly; the generated band is, per frame, no louder than the
+   input's top octave extrapolated above the cutoff;
+7. resample to the output rate; where the sum would exceed full scale, a smooth look-ahead gain
+   on the generated band only (:func:`audiotool.dsp.limit_generated`) keeps it within
+   ``ceiling`` — the kept band is never scaled; trim to the input's exact duration.
+
+Identical channels are processed once (dual-mono in, dual-mono out), and every chunk's noise
+depends on the seed and the chunk's position only, so the output does not depend on the batch
+size or on which channel a chunk belongs to.
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ DEFAULT_TEMPLATE = "{stem}_{task}.{ext}"
 MAX_CONTEXT_FRAMES = 60_000
 #: a cutoff this close to 24 kHz means there is nothing to generate
 FULL_BAND_FRACTION = 0.97
+#: mel frames mirrored onto each file edge before vocoding (cropped afterwards)
+EDGE_FRAMES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +83,10 @@ class UpsampleOptions:
         output_rate: rate of the written file (the model works at 48 kHz).
         global_context: use the whole-file global encoder when the model has one.
         transition_hz: width of the crossfade below the cutoff (None = min(10 %, 1 kHz)).
+        bound_level: cap the generated band, per frame, at the level the input's top octave
+            predicts (:func:`audiotool.dsp.predicted_band_power`).
+        ceiling: full-scale limit for the generated band's look-ahead gain (None = off); the
+            kept band is never scaled, whatever is left over is the clip policy's.
     """
 
     steps: int | None = None
@@ -82,6 +98,8 @@ class UpsampleOptions:
     output_rate: int = 48000
     global_context: bool = True
     transition_hz: float | None = None
+    bound_level: bool = True
+    ceiling: float | None = 0.999
 
 
 @dataclasses.dataclass
@@ -92,6 +110,13 @@ class UpsampleResult:
     cutoff_hz: float
     chunks: int
     generated: bool
+    #: smallest gain the limiter put on the generated band, in dB (0.0 = not limited)
+    limit_db: float = 0.0
+
+    @property
+    def limited(self) -> bool:
+        """Whether the generated band had to be turned down to stay within full scale."""
+        return self.limit_db < 0.0
 
 
 def _chunked_map(
@@ -142,10 +167,11 @@ def upsample_tensor(
     from audiotool.audio import fit_length, prepare, resample
     from audiotool.dsp import (
         estimate_cutoff,
+        limit_generated,
         lowpass,
         mel_bin_for_frequency,
-        replace_low_band,
         replace_low_mel_bins,
+        split_bands,
     )
     from audiotool.engine.chunking import plan_spans
     from audiotool.engine.diffusion import sample_chunked
@@ -154,10 +180,11 @@ def upsample_tensor(
     progress = progress or NullProgress()
     rate = config.sample_rate
     dev = runtime.device
-    c, length = int(audio.shape[0]), int(audio.shape[-1])
+    length = int(audio.shape[-1])
     out_len = int(round(length * options.output_rate / sample_rate))
     nyquist = rate / 2
-    x = prepare(audio, sample_rate, rate, device=dev)
+    unique, inverse = _unique_channels(audio)
+    x = prepare(audio[unique].float(), sample_rate, rate, device=dev)
     t48 = x.shape[-1]
     if options.cutoff is not None:
         if not 0 < options.cutoff < nyquist:
@@ -167,7 +194,7 @@ def upsample_tensor(
         cutoff = min(estimate_cutoff(audio, sample_rate), sample_rate / 2)
     if cutoff >= FULL_BAND_FRACTION * nyquist or cutoff <= 0:
         log.warning("content already reaches %.0f Hz: nothing to generate, resampling only", cutoff)
-        y = resample(x, rate, options.output_rate)
+        y = resample(x, rate, options.output_rate)[inverse]
         return UpsampleResult(fit_length(y.cpu(), out_len), cutoff, 0, generated=False)
 
     steps = options.steps or config.default_steps
@@ -187,7 +214,8 @@ def upsample_tensor(
     frames = math.ceil(t48 / hop)
     frames = math.ceil(frames / multiple) * multiple
     cond_wave = lowpass(x, rate, cutoff)
-    padded = torch.nn.functional.pad(cond_wave, (0, frames * hop - t48))
+    # mirror, not zeros: a step into digital silence at the end is an edge the model fills
+    padded = _mirror_pad(cond_wave, 0, frames * hop - t48)
     with torch.inference_mode():
         cond_mel = model.mel(padded)[:, :frames]  # (C, N, M)
         context: dict[str, Tensor] = {}
@@ -238,22 +266,60 @@ def upsample_tensor(
             cutoff, n_mels=config.n_mels, sample_rate=rate, f_min=config.f_min
         )
         mel = replace_low_mel_bins(mel, cond_mel, cut_bin, transition_bins=4)
+        edge = min(EDGE_FRAMES, mel.shape[1] - 1)
         wave = _chunked_map(
             lambda m: model.vocode(m),
-            mel,
+            _mirror_pad(mel.transpose(1, 2), edge, edge).transpose(1, 2),
             chunk=chunk_frames,
             overlap=overlap_frames,
             in_dim=1,
             out_scale=hop,
         )
-    wave = wave[..., :t48]
-    out = replace_low_band(wave, x, rate, cutoff, transition_hz=options.transition_hz)
+    wave = wave[..., edge * hop : edge * hop + t48]
+    kept, generated = split_bands(
+        wave, x, rate, cutoff, transition_hz=options.transition_hz, bound_level=options.bound_level
+    )
     if options.output_rate != rate:
-        out = resample(out, rate, options.output_rate)
+        kept = resample(kept, rate, options.output_rate)
+        generated = resample(generated, rate, options.output_rate)
+    kept = fit_length(kept.float().cpu(), out_len)
+    generated = fit_length(generated.float().cpu(), out_len)
+    limit_db = 0.0
+    if options.ceiling is not None:
+        out, gain = limit_generated(kept, generated, options.output_rate, ceiling=options.ceiling)
+        low = float(gain.min()) if gain.numel() else 1.0
+        limit_db = 20 * math.log10(max(low, 1e-6)) if low < 1.0 else 0.0
+    else:
+        out = kept + generated
     n_chunks = len(plan_spans(cond_latent.shape[2], lat_chunk, min(lat_overlap, lat_chunk - 1)))
     return UpsampleResult(
-        fit_length(out.float().cpu(), out_len), cutoff, n_chunks * c, generated=True
+        out[inverse], cutoff, n_chunks * len(unique), generated=True, limit_db=limit_db
     )
+
+
+def _unique_channels(audio: Tensor) -> tuple[list[int], list[int]]:
+    """Indices of the distinct channels of ``(C, T)`` and, per channel, its distinct index."""
+    unique: list[int] = []
+    inverse: list[int] = []
+    for i in range(int(audio.shape[0])):
+        for j, u in enumerate(unique):
+            if torch.equal(audio[i], audio[u]):
+                inverse.append(j)
+                break
+        else:
+            unique.append(i)
+            inverse.append(len(unique) - 1)
+    return unique, inverse
+
+
+def _mirror_pad(x: Tensor, left: int, right: int) -> Tensor:
+    """Pad the last dim of ``x`` by mirroring (edge sample not repeated; repeats if too short)."""
+    n = x.shape[-1]
+    if n < 2:
+        return torch.nn.functional.pad(x, (left, right), mode="replicate")
+    period = torch.cat([torch.arange(n), torch.arange(n - 2, 0, -1)])  # 0..n-1..1
+    idx = torch.arange(-left, n + right) % len(period)
+    return x.index_select(-1, period[idx].to(x.device))
 
 
 def _encode_chunked(model: LatentDiffusion, mel: Tensor, chunk: int, overlap: int) -> Tensor:
@@ -348,6 +414,7 @@ def upsample_files(
                 "cutoff_hz": round(result.cutoff_hz, 1),
                 "generated": result.generated,
                 "chunks": result.chunks,
+                "limited_db": round(result.limit_db, 2),
             }
             return Produced({"audio": result.audio}, options.output_rate, details=details)
 

@@ -153,3 +153,19 @@ def test_bad_shapes() -> None:
             timesteps=ddim_timesteps(2),
             alphas_cumprod=ACP,
         )
+
+
+def test_per_row_is_batch_invariant() -> None:
+    from audiotool.engine.batching import per_row
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 96)
+    x = torch.randn(6, 24)
+    x[3] = x[0]  # repeated rows are computed once
+    with torch.inference_mode():
+        whole = per_row(lin, x)
+        parts = torch.cat([per_row(lin, x[i : i + 2]) for i in range(0, 6, 2)])
+        assert torch.equal(whole, parts) and torch.equal(whole[3], whole[0])
+        assert torch.allclose(whole, lin(x), atol=1e-6)
+    y = per_row(lin, x)  # with gradients: the plain batched call
+    assert y.requires_grad
