@@ -183,6 +183,8 @@ class ResolvedSpec:
 
 
 def _looks_like_path(spec: str) -> bool:
+    if ":" in spec and _HUB_RE.match(spec):  # org/name[@rev]:FILE picks a file of a Hub repo
+        return False
     return (
         spec.startswith((".", "/", "~"))
         or spec.count("/") > 1

@@ -8,12 +8,14 @@ ignored on purpose, and any other missing or unexpected key is an error that lis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from audiotool.errors import WeightMismatchError
 from audiotool.importers import load_pickle_state
+from audiotool.importers.layouts import ImportedModel, Layout
 from audiotool.models.latent_diffusion import (
     LatentDiffusion,
     LatentDiffusionConfig,
@@ -109,7 +111,7 @@ def infer_config(state: dict[str, torch.Tensor], *, source: str) -> LatentDiffus
     return audiosr_config().replace(**widths)
 
 
-def detect(folder: Path, files: list[str]) -> bool:
+def detect(folder: Path, files: Sequence[str]) -> bool:
     """A folder laid out like AudioSR's Hub repos: ``pytorch_model.bin`` and no ``config.json``
     (a ``transformers`` repo has one). The pickle itself is only read by :func:`convert_folder`.
     """
@@ -175,3 +177,40 @@ def import_audiosr(path: Path, out_dir: Path, *, global_encoder: bool = False) -
         + "\n"
     )
     return save_pretrained(model, cfg, out_dir, card=card)
+
+
+# --------------------------------------------------------------------------- Hub layout
+
+#: short names of the published repos (``--model audiosr-basic``)
+ALIASES = {"audiosr-basic": "haoheliu/audiosr_basic", "audiosr-speech": "haoheliu/audiosr_speech"}
+
+
+def alias(name: str) -> tuple[str, str | None] | None:
+    """``audiosr-basic`` / ``audiosr-speech`` -> their Hub repos."""
+    repo = ALIASES.get(name)
+    return (repo, None) if repo else None
+
+
+def _needed(files: Sequence[str], file: str | None) -> list[str]:
+    return [file or CHECKPOINT_NAME]
+
+
+def _convert_layout(folder: Path, *, file: str | None = None) -> ImportedModel:
+    from audiotool.hub import load_state_strict
+
+    cfg, state = convert_folder(folder, file=file)
+    model = build_model(cfg)
+    load_state_strict(model, state, source=str(Path(folder) / (file or CHECKPOINT_NAME)))
+    card = (
+        "---\nlibrary_name: audiotool\npipeline_tag: audio-to-audio\ntags: [audio-super-"
+        "resolution, audiosr]\n---\n\n# AudioSR (converted)\n\n"
+        "Converted by audiotool's Hub import from an AudioSR checkpoint (Liu et al. 2024, "
+        "haoheliu/versatile_audio_super_resolution), read with weights_only=True and mapped key "
+        "by key. Ignored: CLAP, the EMA copy, `logvar`, the unused decoder/vocoder of the "
+        "conditioning VAE. The weights keep their original licence; audiotool does not "
+        "redistribute them.\n"
+    )
+    return ImportedModel(model=model.eval(), config=cfg, card=card)
+
+
+LAYOUT = Layout(name="audiosr", detect=detect, needed=_needed, convert=_convert_layout, alias=alias)

@@ -75,9 +75,23 @@ def _demucs() -> Layout:
     return LAYOUT
 
 
+def _roformer() -> Layout:
+    from audiotool.importers.roformer import LAYOUT
+
+    return LAYOUT
+
+
+def _audiosr() -> Layout:
+    from audiotool.importers.audiosr import LAYOUT
+
+    return LAYOUT
+
+
 #: layout name -> loader (order = detection priority)
 _LAYOUTS: dict[str, Callable[[], Layout]] = {
     "demucs": _demucs,
+    "roformer": _roformer,
+    "audiosr": _audiosr,
 }
 
 

@@ -23,6 +23,7 @@ stft_hop_length * (inference.dim_t - 1)`` when ``dim_t`` is given, else ``audio.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from audiotool.errors import (
     WeightMismatchError,
 )
 from audiotool.importers import load_pickle_state
+from audiotool.importers.layouts import ImportedModel, Layout
 from audiotool.models.roformer import RoformerConfig, build_model
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pth")
@@ -308,24 +310,28 @@ def import_roformer(ckpt: Path, config_yaml: Path, out_dir: Path) -> Path:
     cfg, state = convert(ckpt, config_yaml)
     model = build_model(cfg)
     load_state_strict(model, state, source=str(ckpt))
+    how = f"`audiotool models convert roformer {Path(ckpt).name} --config {Path(config_yaml).name}`"
+    return save_pretrained(model, cfg, out_dir, card=_card(cfg, how))
+
+
+def _card(cfg: RoformerConfig, how: str) -> str:
     name = "Mel-Band-RoFormer" if cfg.variant == "mel" else "BS-RoFormer"
-    card = (
+    return (
         "---\nlibrary_name: audiotool\npipeline_tag: audio-to-audio\ntags: [source-separation,"
         " roformer]\n---\n\n"
         f"# {name} (converted)\n\n"
-        f"Converted with `audiotool models convert roformer {Path(ckpt).name} --config "
-        f"{Path(config_yaml).name}` from an MSST / python-audio-separator checkpoint "
+        f"Converted with {how} from an MSST / python-audio-separator checkpoint "
         f"({cfg.sample_rate} Hz, {'stereo' if cfg.audio_channels == 2 else 'mono'}, stems "
         f"{list(cfg.stems)}; chunks of {cfg.chunk_size} samples, num_overlap "
-        f"{cfg.num_overlap}). The weights keep their original licence.\n"
+        f"{cfg.num_overlap}). The weights keep their original licence; audiotool does not "
+        "redistribute them.\n"
     )
-    return save_pretrained(model, cfg, out_dir, card=card)
 
 
 # --------------------------------------------------------------------------- Hub folders
 
 
-def _yaml_configs(folder: Path, files: list[str]) -> list[str]:
+def _yaml_configs(folder: Path, files: Sequence[str]) -> list[str]:
     """The files among ``files`` that are RoFormer-looking MSST YAMLs present under ``folder``."""
     out = []
     for name in files:
@@ -341,7 +347,7 @@ def _yaml_configs(folder: Path, files: list[str]) -> list[str]:
     return sorted(out)
 
 
-def _checkpoints(files: list[str]) -> list[str]:
+def _checkpoints(files: Sequence[str]) -> list[str]:
     return sorted(f for f in files if f.lower().endswith(CHECKPOINT_SUFFIXES))
 
 
@@ -414,3 +420,47 @@ def convert_folder(
         )
     yaml_name = _pick_yaml(ckpt, _yaml_configs(folder, files))
     return convert(folder / ckpt, folder / yaml_name)
+
+
+# --------------------------------------------------------------------------- Hub layout
+
+
+def _detect_names(folder: Path, files: Sequence[str]) -> bool:
+    """A top-level ``.ckpt`` / ``.pth`` beside a YAML; where the YAMLs are already on disk
+    (a local folder), one of them must look like a RoFormer's."""
+    top = [f for f in files if "/" not in f]
+    yamls = [f for f in top if f.lower().endswith(YAML_SUFFIXES)]
+    if not _checkpoints(top) or not yamls:
+        return False
+    if all((Path(folder) / y).is_file() for y in yamls):
+        return bool(_yaml_configs(folder, yamls))
+    return True  # a Hub repo listed before download: decided by the names
+
+
+def _needed(files: Sequence[str], file: str | None) -> list[str]:
+    """The chosen checkpoint (``file``, or the only one) and the repo's top-level YAMLs."""
+    top = [f for f in files if "/" not in f]
+    ckpts = _checkpoints(top)
+    if file is not None:
+        chosen = [c for c in ckpts if file in (c, Path(c).name)]
+    else:
+        chosen = ckpts if len(ckpts) == 1 else []
+    if len(chosen) != 1:
+        raise UsageError(
+            f"the repo holds {len(ckpts)} RoFormer checkpoints"
+            + (f" and none named {file!r}" if file else ""),
+            hint=f"pick one with org/name:FILE, one of {', '.join(ckpts) or '(none)'}",
+        )
+    return [chosen[0], *sorted(f for f in top if f.lower().endswith(YAML_SUFFIXES))]
+
+
+def _convert_layout(folder: Path, *, file: str | None = None) -> ImportedModel:
+    from audiotool.hub import load_state_strict
+
+    cfg, state = convert_folder(folder, file=file)
+    model = build_model(cfg)
+    load_state_strict(model, state, source=str(folder))
+    return ImportedModel(model=model.eval(), config=cfg, card=_card(cfg, "audiotool's Hub import"))
+
+
+LAYOUT = Layout(name="roformer", detect=_detect_names, needed=_needed, convert=_convert_layout)
