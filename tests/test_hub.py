@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from audiotool.errors import (
     ConfigError,
     ModelLoadError,
     ModelNotFoundError,
+    UnsupportedCheckpointError,
     UsageError,
     WeightMismatchError,
 )
@@ -103,6 +106,11 @@ def test_corrupt_safetensors(model_folder: Path) -> None:
         load_model(str(model_folder))
 
 
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch /tmp/audiotool-pwned",))
+
+
 def test_pickle_never_loaded(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": {}}, ckpt)
@@ -110,8 +118,11 @@ def test_pickle_never_loaded(tmp_path: Path) -> None:
         resolve(str(ckpt))
     folder = tmp_path / "legacy"
     folder.mkdir()
-    torch.save({}, folder / "pytorch_model.bin")
-    with pytest.raises(ModelNotFoundError, match="convert"):
+    torch.save({}, folder / "pytorch_model.bin")  # a weights-only pickle, but not AudioSR's
+    with pytest.raises(UnsupportedCheckpointError, match="AudioSR"):
+        resolve(str(folder))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(ModelLoadError, match="weights_only"):  # code in a pickle never runs
         resolve(str(folder))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from audiotool.errors import WeightMismatchError
+from audiotool.errors import CheckpointMismatchError, ModelLoadError, UnsupportedCheckpointError
 from audiotool.importers import load_pickle_state
 from audiotool.importers.layouts import ImportedModel, Layout
 from audiotool.models.latent_diffusion import (
@@ -72,7 +72,7 @@ def map_audiosr_state(
             )
             if keys
         ]
-        raise WeightMismatchError(
+        raise CheckpointMismatchError(
             f"{source}: not an AudioSR checkpoint of the known layout; " + "; ".join(parts),
             missing=missing,
             unexpected=unexpected,
@@ -104,7 +104,7 @@ def infer_config(state: dict[str, torch.Tensor], *, source: str) -> LatentDiffus
     """
     missing = [key for _, key, _ in _WIDTHS if key not in state]
     if missing:
-        raise WeightMismatchError(
+        raise CheckpointMismatchError(
             f"{source}: not an AudioSR checkpoint (no {', '.join(missing)})", missing=missing
         )
     widths = {field: int(state[key].shape[axis]) for field, key, axis in _WIDTHS}
@@ -128,7 +128,17 @@ def convert_folder(
         complete state dict of :func:`~audiotool.models.latent_diffusion.build_model` for it.
     """
     path = Path(folder) / (file or CHECKPOINT_NAME)
-    state = load_pickle_state(path, key="state_dict")
+    try:
+        state = load_pickle_state(path, key="state_dict")
+    except UnsupportedCheckpointError:
+        raise
+    except ModelLoadError as exc:  # recognised by its file name only: say what was expected
+        raise UnsupportedCheckpointError(
+            f"{exc.message}; it was taken for an AudioSR checkpoint by its name",
+            hint="audiotool reads AudioSR's pytorch_model.bin (haoheliu/audiosr_basic, "
+            "audiosr_speech); other checkpoints need their own importer (audiotool models "
+            "convert --help)",
+        ) from exc
     cfg = infer_config(state, source=str(path))
     if "scale_factor" in state:
         cfg = cfg.replace(scale_factor=float(state["scale_factor"]))
