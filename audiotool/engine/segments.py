@@ -71,7 +71,8 @@ def run_segments(
 
     ``model`` gets ``(b, C, l)`` mini-batches (plus ``model_kwargs``, moved to the device, a
     leading dimension of 1 expanded to ``b``) and returns ``(b, C', l)`` or
-    ``{key: (b, C', l)}``; consecutive segments of one input length ``l`` share a batch. Under ``dtype`` (bf16/fp16) the model runs under autocast; weights
+    ``{key: (b, C', l)}``; consecutive segments of one input length ``l`` share a batch. Under
+    ``dtype`` (bf16/fp16) the model runs under autocast; weights
     and sums stay float32.
 
     Returns:

@@ -395,15 +395,14 @@ def _fill_unused(model: Any, state: dict[str, Any]) -> None:
 
 def _build_and_load(cfg: Any, state: dict[str, Any], where: str) -> Any:
     from audiotool.hub import load_state_strict
+    from audiotool.models import hdemucs, htdemucs
 
     if cfg.family == "hdemucs":
-        from audiotool.models.hdemucs import build_model
-    else:
-        from audiotool.models.htdemucs import build_model
-    model = build_model(cfg)
-    if cfg.family == "hdemucs":
+        model = hdemucs.build_model(cfg)
         state = dict(state)
         _fill_unused(model, state)
+    else:
+        model = htdemucs.build_model(cfg)
     try:
         load_state_strict(model, state, source=where)
     except WeightMismatchError as exc:

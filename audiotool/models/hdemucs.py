@@ -46,7 +46,7 @@ class HDemucsSeparator(nn.Module):
             nfft=cfg.nfft,
             depth=cfg.depth,
             freq_emb=cfg.freq_emb,
-            emb_scale=cfg.emb_scale,  # type: ignore[arg-type]  # torchaudio annotates int
+            emb_scale=cfg.emb_scale,  # torchaudio annotates int, uses it as a float
             kernel_size=cfg.kernel_size,
             time_stride=cfg.time_stride,
             stride=cfg.stride,
@@ -55,7 +55,7 @@ class HDemucsSeparator(nn.Module):
             norm_starts=cfg.norm_starts,
             norm_groups=cfg.norm_groups,
             dconv_depth=cfg.dconv_depth,
-            dconv_comp=cfg.dconv_comp,  # type: ignore[arg-type]
+            dconv_comp=cfg.dconv_comp,
             dconv_attn=cfg.dconv_attn,
             dconv_lstm=cfg.dconv_lstm,
         )
