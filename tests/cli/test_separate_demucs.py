@@ -230,3 +230,12 @@ def test_refusals_exit_2_nothing_written(hub, song, tmp_path: Path, capsys) -> N
         if (tmp_path / "atcache").exists()
         else True
     )
+
+
+def test_hdemucs_unsupported_option_refused(hub, song, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A v3 option torchaudio's port cannot represent: exit 2, one line, nothing written."""
+    path, _ = song
+    publish(tmp_path / "hf" / "hub", tmp_path, "org/hd3", "hd3", [make_hdemucs(0, dconv_mode=3)])
+    code, _, err = separate(["org/hd3"], path, tmp_path / "r", capsys)
+    assert code == 2 and "dconv_mode=3" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
