@@ -74,7 +74,8 @@ def separate(
             "--model",
             "-m",
             help="Model: zoo name (audiotool models list), local folder, org/name[@rev][:FILE] "
-            "on the Hugging Face Hub, or a demucs name (htdemucs, htdemucs_ft, htdemucs_6s). "
+            "on the Hugging Face Hub, or a demucs name (htdemucs, htdemucs_ft, htdemucs_6s, "
+            "hdemucs_mmi). "
             "Repeat it (or give a comma list) for an ensemble. Default: the zoo's model.",
         ),
     ] = None,

@@ -45,8 +45,8 @@ class SegmentPlan(Protocol):
     n_segments: int
 
     def segment_input(self, audio: Tensor, i: int) -> Tensor:
-        """Model input ``i``, ``(C, L)``, cut from ``audio`` ``(C, T)`` (padded as the scheme
-        pads)."""
+        """Model input ``i``, ``(C, l)`` with ``l <= L`` (``L`` unless the scheme feeds a
+        shorter last segment), cut from ``audio`` ``(C, T)`` (padded as the scheme pads)."""
         ...
 
     def placement(self, i: int, device: torch.device) -> tuple[int, Tensor]:
@@ -69,9 +69,10 @@ def run_segments(
 ) -> dict[str, Tensor]:
     """Run ``model`` over the segments of ``audio`` ``(C, T)`` and combine them by weight.
 
-    ``model`` gets ``(b, C, L)`` mini-batches (plus ``model_kwargs``, moved to the device, a
-    leading dimension of 1 expanded to ``b``) and returns ``(b, C', L)`` or
-    ``{key: (b, C', L)}``. Under ``dtype`` (bf16/fp16) the model runs under autocast; weights
+    ``model`` gets ``(b, C, l)`` mini-batches (plus ``model_kwargs``, moved to the device, a
+    leading dimension of 1 expanded to ``b``) and returns ``(b, C', l)`` or
+    ``{key: (b, C', l)}``; consecutive segments of one input length ``l`` share a batch. Under
+    ``dtype`` (bf16/fp16) the model runs under autocast; weights
     and sums stay float32.
 
     Returns:
@@ -94,15 +95,38 @@ def run_segments(
         signal = audio.to(dev)
         moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
 
-        def run(start: int, stop: int) -> dict[str, Tensor]:
-            batch = torch.stack([plan.segment_input(signal, i) for i in range(start, stop)])
-            kwargs = _expand_kwargs(moved, stop - start)
+        def call(batch: Tensor) -> dict[str, Tensor]:
+            """Model outputs for ``batch`` ``(b, C, l)``, zero-padded on the right to ``L``."""
+            kwargs = _expand_kwargs(moved, int(batch.shape[0]))
             if dtype is not None:
                 with torch.autocast(device_type=dev.type, dtype=dtype):
-                    out = model(batch, **kwargs)
+                    out = _as_dict(model(batch, **kwargs), int(batch.shape[0]))
             else:
-                out = model(batch, **kwargs)
-            return _as_dict(out, stop - start)
+                out = _as_dict(model(batch, **kwargs), int(batch.shape[0]))
+            n = int(batch.shape[-1])
+            for key, y in out.items():
+                if y.shape[-1] != n:
+                    raise EngineError(
+                        f"model output '{key}' has {y.shape[-1]} samples per {n}-sample "
+                        "segment; this scheme needs outputs as long as the inputs"
+                    )
+            if n == seg:
+                return out
+            return {k: torch.nn.functional.pad(y, (0, seg - n)) for k, y in out.items()}
+
+        def run(start: int, stop: int) -> dict[str, Tensor]:
+            inputs = [plan.segment_input(signal, i) for i in range(start, stop)]
+            parts: list[dict[str, Tensor]] = []
+            lo = 0
+            while lo < len(inputs):  # runs of one input length
+                hi = lo + 1
+                while hi < len(inputs) and inputs[hi].shape[-1] == inputs[lo].shape[-1]:
+                    hi += 1
+                parts.append(call(torch.stack(inputs[lo:hi])))
+                lo = hi
+            if len(parts) == 1:
+                return parts[0]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
         def add(start: int, stop: int, outputs: dict[str, Tensor]) -> None:
             for i in range(start, stop):
@@ -113,11 +137,6 @@ def run_segments(
                 w = weight[lo - pos : hi - pos]
                 total_weight[lo:hi] += w
                 for key, y in outputs.items():
-                    if y.shape[-1] != seg:
-                        raise EngineError(
-                            f"model output '{key}' has {y.shape[-1]} samples per {seg}-sample "
-                            "segment; this scheme needs outputs as long as the inputs"
-                        )
                     if key not in buffers:
                         buffers[key] = torch.zeros(int(y.shape[1]), length, device=dev)
                     buffers[key][:, lo:hi].addcmul_(y[i - start, :, lo - pos : hi - pos].float(), w)
@@ -133,19 +152,21 @@ class DemucsPlan:
 
     Segments of ``segment`` samples start every ``stride = int((1 - overlap) * segment)``
     samples from 0 while the start is inside the signal. A segment that runs past the end
-    keeps only ``n = T - offset`` samples of output, and its input is centred on them: it
-    starts ``(segment - n) // 2`` samples early (real signal where there is some, zeros before
-    0 and after ``T``). Each kept output sample is weighted by a triangle
-    ``[1, 2, ..., segment // 2, segment - segment // 2, ..., 1] / max`` indexed from the first
-    kept sample (Défossez et al., demucs ``apply.py``).
+    keeps only ``n = T - offset`` samples of output. With ``pad_last`` (v4 ``HTDemucs``, whose
+    ``valid_length`` is its training length) its input is still ``segment`` samples, centred
+    on the kept ones: it starts ``(segment - n) // 2`` samples early (real signal where there
+    is some, zeros before 0 and after ``T``). Without (v3 ``HDemucs``, which has no
+    ``valid_length``) the input is just those ``n`` samples. Each kept output sample is
+    weighted by a triangle ``[1, 2, ..., segment // 2, segment - segment // 2, ..., 1] / max``
+    indexed from the first kept sample (Défossez et al., demucs ``apply.py``).
     """
 
-    def __init__(self, length: int, segment: int, overlap: float) -> None:
+    def __init__(self, length: int, segment: int, overlap: float, *, pad_last: bool = True) -> None:
         if segment <= 0 or length <= 0:
             raise EngineError(f"need a positive length and segment, got {length}, {segment}")
         if not 0.0 <= overlap < 1.0:
             raise EngineError(f"overlap must be in [0, 1), got {overlap}")
-        self.length, self.segment = length, segment
+        self.length, self.segment, self.pad_last = length, segment, pad_last
         self.stride = int((1 - overlap) * segment)
         if self.stride <= 0:
             raise EngineError(f"overlap {overlap} leaves no stride for {segment}-sample segments")
@@ -158,11 +179,13 @@ class DemucsPlan:
         """(input start, kept samples, first kept sample of the output) of segment ``i``."""
         offset = i * self.stride
         kept = min(self.length - offset, self.segment)
-        lead = (self.segment - kept) // 2
+        lead = (self.segment - kept) // 2 if self.pad_last else 0
         return offset - lead, kept, lead
 
     def segment_input(self, audio: Tensor, i: int) -> Tensor:
-        start, _, _ = self._span(i)
+        start, kept, _ = self._span(i)
+        if not self.pad_last:
+            return audio[:, start : start + kept]
         lo, hi = max(start, 0), min(start + self.segment, self.length)
         return torch.nn.functional.pad(audio[:, lo:hi], (lo - start, start + self.segment - hi))
 

@@ -14,7 +14,7 @@ import torch
 from audiotool.errors import ModelLoadError, WeightMismatchError
 from audiotool.hub import load_state_strict
 from audiotool.importers import load_pickle_state
-from audiotool.models.hdemucs import PREFIX, PRESETS, HDemucsConfig, HDemucsSeparator, build_model
+from audiotool.models.hdemucs import PREFIX, PRESETS, HDemucsConfig, HDemucsSeparator
 
 
 def _unwrap(data: dict[str, object]) -> dict[str, torch.Tensor]:
@@ -55,7 +55,7 @@ def infer_config(
             )
         cfg = base.replace(stems=tuple(stems), audio_channels=chans)
         with torch.device("meta"):
-            model = build_model(cfg).model
+            model = HDemucsSeparator(cfg).model
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if shapes.keys() == state.keys() and all(
             shapes[k] == tuple(state[k].shape) for k in shapes
@@ -81,7 +81,7 @@ def convert_hdemucs_checkpoint(
     """Read a torchaudio HDemucs checkpoint strictly into our wrapper."""
     state = _unwrap(load_pickle_state(path))
     cfg = infer_config(state, sources)
-    model = build_model(cfg)
+    model = HDemucsSeparator(cfg)
     prefixed = {PREFIX + k: v for k, v in state.items()}
     load_state_strict(model, prefixed, source=str(path))
     return model.eval(), cfg

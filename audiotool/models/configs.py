@@ -115,7 +115,16 @@ class BandSplitConfig(ModelConfig):
 
 @dataclasses.dataclass(frozen=True)
 class HDemucsConfig(ModelConfig):
-    """Config of the ``hdemucs`` family (torchaudio's constructor arguments)."""
+    """Config of the ``hdemucs`` family (torchaudio's ``HDemucs`` constructor arguments, with
+    torchaudio's defaults).
+
+    ``segment_samples`` is set for checkpoints imported from demucs (v3 ``HDemucs``): they are
+    cut as demucs' ``apply_model`` cuts them (segments of this many samples, triangular
+    weights, the last segment shorter; :class:`~audiotool.engine.segments.DemucsPlan`) instead
+    of audiotool's overlap-add with ``default_chunk_seconds`` / ``default_hop_seconds``.
+    ``bag_weights`` holds one row of per-stem weights per member of a demucs bag; empty for a
+    single model.
+    """
 
     family: ClassVar[str] = "hdemucs"
     task: ClassVar[str] = "separate"
@@ -127,8 +136,35 @@ class HDemucsConfig(ModelConfig):
     growth: int = 2
     nfft: int = 4096
     depth: int = 6
+    freq_emb: float = 0.2
+    emb_scale: float = 10.0
+    kernel_size: int = 8
+    time_stride: int = 2
+    stride: int = 4
+    context: int = 1
+    context_enc: int = 0
+    norm_starts: int = 4
+    norm_groups: int = 4
+    dconv_depth: int = 2
+    dconv_comp: float = 4.0
+    dconv_attn: int = 4
+    dconv_lstm: int = 4
     default_chunk_seconds: float = 7.8
     default_hop_seconds: float = 5.85
+    segment_samples: int | None = None
+    bag_weights: tuple[tuple[float, ...], ...] = ()
+    default_overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.segment_samples is not None and self.segment_samples <= 0:
+            raise ValueError(f"segment_samples must be positive, got {self.segment_samples}")
+        if self.bag_weights and self.segment_samples is None:
+            raise ValueError("bag_weights need segment_samples (bags come from demucs)")
+        if self.bag_weights and any(len(r) != len(self.stems) for r in self.bag_weights):
+            raise ValueError("every row of bag_weights needs one weight per stem")
+        for k, stem in enumerate(self.stems):
+            if self.bag_weights and sum(r[k] for r in self.bag_weights) <= 0:
+                raise ValueError(f"bag_weights give stem '{stem}' no weight")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,9 +74,10 @@ class SeparateOptions:
             ``avg`` waveform mean, ``median`` waveform median, ``max_spec`` / ``min_spec``
             per STFT bin the estimate of largest / smallest magnitude.
 
-    For demucs-scheme families (``htdemucs``) ``overlap`` defaults to the model's 0.25,
-    ``chunk_seconds`` may only shorten the training segment, ``hop_seconds`` does not apply and
-    ``shifts=N`` means N randomly shifted passes, as in demucs.
+    For demucs-scheme models (``htdemucs``, and ``hdemucs`` imported from demucs, see
+    :func:`demucs_scheme`) ``overlap`` defaults to the model's 0.25, ``chunk_seconds`` replaces
+    the segment (for ``htdemucs`` it may only shorten the training segment), ``hop_seconds``
+    does not apply and ``shifts=N`` means N randomly shifted passes, as in demucs.
     """
 
     stems: tuple[str, ...] | None = None
@@ -224,7 +225,7 @@ def separate_tensor(
         return _separate_ensemble(
             model, config, audio, sample_rate, options=options, runtime=runtime, progress=progress
         )
-    if getattr(config, "family", None) in DEMUCS_SCHEME:
+    if demucs_scheme(config):
         return _separate_demucs(
             model, config, audio, sample_rate, options=options, runtime=runtime, progress=progress
         )
@@ -292,8 +293,21 @@ def separate_tensor(
     return {s: finish(v, rate, sample_rate, length) for s, v in result.items()}
 
 
-#: families cut and weighted as demucs' ``apply_model`` does (see :class:`DemucsPlan`)
-DEMUCS_SCHEME = frozenset({"htdemucs"})
+def demucs_scheme(config: Any) -> bool:
+    """Whether ``config``'s model is cut and weighted as demucs' ``apply_model`` does (see
+    :class:`~audiotool.engine.segments.DemucsPlan`): v4 ``htdemucs``, and ``hdemucs`` models
+    imported from demucs (they carry demucs' ``segment_samples``; torchaudio's own HDemucs
+    checkpoints keep audiotool's overlap-add)."""
+    family = getattr(config, "family", None)
+    if family == "htdemucs":
+        return True
+    return family == "hdemucs" and getattr(config, "segment_samples", None) is not None
+
+
+def _segment_cap(config: Any) -> int | None:
+    """The longest segment a demucs-scheme model takes: an HT model's training segment (its
+    ``valid_length``); v3 HDemucs takes any length."""
+    return int(config.segment_samples) if config.family == "htdemucs" else None
 
 
 def _channel_groups(x: Tensor, model_channels: int) -> list[Tensor]:
@@ -327,12 +341,16 @@ def _separate_demucs(
     if not 0.0 <= overlap < 1.0:
         raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
     segment = int(config.segment_samples)
+    cap = _segment_cap(config)
     if options.chunk_seconds is not None:
         wanted = int(options.chunk_seconds * rate)
-        if not 0 < wanted <= segment:
+        if wanted <= 0 or (cap is not None and wanted > cap):
             raise UsageError(
                 f"--chunk-seconds must be in (0, {segment / rate:.2f}] for this model "
                 "(its training segment)"
+                if cap is not None
+                else f"--chunk-seconds must be positive (at least one sample), got "
+                f"{options.chunk_seconds}"
             )
         segment = wanted
     c_in, length = int(audio.shape[0]), int(audio.shape[-1])
@@ -354,7 +372,7 @@ def _separate_demucs(
         for shift in passes:
             lead = 0 if shift is None else max_shift - shift
             padded = torch.nn.functional.pad(norm, (lead, 0)) if lead else norm
-            plan = DemucsPlan(int(padded.shape[-1]), segment, overlap)
+            plan = DemucsPlan(int(padded.shape[-1]), segment, overlap, pad_last=cap is not None)
             out = run_segments(
                 model,
                 padded,
@@ -422,13 +440,19 @@ class EnsembleModule(torch.nn.Module):
 
 def _check_scheme_options(config: Any, options: SeparateOptions) -> None:
     """Refuse options a demucs-scheme model cannot honour before any file is read."""
-    if getattr(config, "family", None) not in DEMUCS_SCHEME:
+    if not demucs_scheme(config):
         return
     if options.hop_seconds is not None:
         raise UsageError(f"--hop-seconds does not apply to {config.family} models; use --overlap")
-    seg = int(config.segment_samples) / int(config.sample_rate)
-    if options.chunk_seconds is not None and not 0 < options.chunk_seconds <= seg:
-        raise UsageError(f"--chunk-seconds must be in (0, {seg:.2f}] for {config.family} models")
+    cap = _segment_cap(config)
+    if options.chunk_seconds is not None and cap is not None:
+        seg = cap / int(config.sample_rate)
+        if not 0 < options.chunk_seconds <= seg:
+            raise UsageError(
+                f"--chunk-seconds must be in (0, {seg:.2f}] for {config.family} models"
+            )
+    elif options.chunk_seconds is not None and options.chunk_seconds <= 0:
+        raise UsageError(f"--chunk-seconds must be positive, got {options.chunk_seconds}")
 
 
 def split_specs(specs: str | Sequence[str] | None) -> list[str]:

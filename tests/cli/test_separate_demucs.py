@@ -20,6 +20,7 @@ from tests.importers.demucs_export import (
     STEMS6,
     bag_yaml,
     export_safetensors,
+    make_hdemucs,
     make_htdemucs,
     publish,
     reference_separate,
@@ -27,6 +28,8 @@ from tests.importers.demucs_export import (
 )
 
 BAG_WEIGHTS = [[1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 1.0, 2.0]]
+#: a v3 bag's segment replaces its models' (0.25 s), here with a longer one
+HD_BAG_SEGMENT = 0.3
 
 
 @pytest.fixture
@@ -40,7 +43,17 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[torch
     publish(cache, tmp_path, "org/bag", "bag", [m1, m2], BAG_WEIGHTS)
     publish(cache, tmp_path, "org/six", "tiny_6s", [m6])
     publish(cache, tmp_path, "adefossez/HTDemucs-ft", "htdemucs_ft", [m2])
-    return {"org/tiny": [m1], "org/bag": [m1, m2], "org/six": [m6], "htdemucs_ft": [m2]}
+    h1, h2 = make_hdemucs(11), make_hdemucs(12)
+    publish(cache, tmp_path, "org/hd", "tiny_hd", [h1])
+    publish(cache, tmp_path, "org/hdbag", "hd_bag", [h1, h2], BAG_WEIGHTS, HD_BAG_SEGMENT)
+    return {
+        "org/tiny": [m1],
+        "org/bag": [m1, m2],
+        "org/six": [m6],
+        "htdemucs_ft": [m2],
+        "org/hd": [h1],
+        "org/hdbag": [h1, h2],
+    }
 
 
 @pytest.fixture
@@ -67,19 +80,39 @@ def separate(spec: list[str], song: Path, out: Path, capsys, *extra: str):  # ty
 
 
 @pytest.mark.parametrize(
-    ("spec", "stems", "weights"),
-    [("org/tiny", STEMS4, None), ("org/bag", STEMS4, BAG_WEIGHTS), ("org/six", STEMS6, None)],
+    ("spec", "stems", "weights", "bag_segment"),
+    [
+        ("org/tiny", STEMS4, None, None),
+        ("org/bag", STEMS4, BAG_WEIGHTS, None),
+        ("org/six", STEMS6, None, None),
+        ("org/hd", STEMS4, None, None),
+        ("org/hdbag", STEMS4, BAG_WEIGHTS, HD_BAG_SEGMENT),
+    ],
 )
 def test_cli_matches_demucs_apply_model(
-    hub, song, tmp_path: Path, capsys, spec: str, stems: list[str], weights
+    hub, song, tmp_path: Path, capsys, spec: str, stems: list[str], weights, bag_segment
 ) -> None:  # type: ignore[no-untyped-def]
     path, mix = song
     code, _, err = separate([spec], path, tmp_path / "out", capsys)
     assert code == 0, err
-    ref = reference_separate(hub[spec], mix, weights=weights)
+    ref = reference_separate(hub[spec], mix, weights=weights, bag_segment=bag_segment)
     for i, s in enumerate(stems):
         y, rate = sf.read(tmp_path / "out" / "song" / f"{s}.wav", dtype="float32")
         assert rate == RATE
+        assert np.abs(y.T - ref[i].numpy()).max() <= 1e-4
+
+
+def test_hdemucs_chunk_seconds_overlap_match_demucs(hub, song, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--chunk-seconds`` is demucs' ``--segment``: for a v3 model it may exceed the training
+    segment; the last, shorter segment runs unpadded as in demucs."""
+    path, mix = song
+    code, _, err = separate(
+        ["org/hd"], path, tmp_path / "o", capsys, "--chunk-seconds", "0.4", "--overlap", "0.5"
+    )
+    assert code == 0, err
+    ref = reference_separate(hub["org/hd"], mix, overlap=0.5, segment=0.4)
+    for i, s in enumerate(STEMS4):
+        y, _ = sf.read(tmp_path / "o" / "song" / f"{s}.wav", dtype="float32")
         assert np.abs(y.T - ref[i].numpy()).max() <= 1e-4
 
 
@@ -197,3 +230,12 @@ def test_refusals_exit_2_nothing_written(hub, song, tmp_path: Path, capsys) -> N
         if (tmp_path / "atcache").exists()
         else True
     )
+
+
+def test_hdemucs_unsupported_option_refused(hub, song, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A v3 option torchaudio's port cannot represent: exit 2, one line, nothing written."""
+    path, _ = song
+    publish(tmp_path / "hf" / "hub", tmp_path, "org/hd3", "hd3", [make_hdemucs(0, dconv_mode=3)])
+    code, _, err = separate(["org/hd3"], path, tmp_path / "r", capsys)
+    assert code == 2 and "dconv_mode=3" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

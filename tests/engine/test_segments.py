@@ -72,3 +72,26 @@ def test_samples_without_weight_are_an_error() -> None:
     plan = _Plan(300, 64, 100)  # hop > segment: gaps
     with pytest.raises(EngineError, match="without weight"):
         run_segments(lambda b: b, torch.randn(1, 300), plan)
+
+
+def test_demucs_plan_unpadded_last_segment() -> None:
+    """v3 scheme: the last segment is only the remaining samples (no padding) and batches mix
+    input lengths; an identity model gives the input back."""
+    from audiotool.engine.segments import DemucsPlan
+
+    plan = DemucsPlan(1000, 300, 0.25, pad_last=False)
+    x = torch.randn(2, 1000)
+    lengths = [plan.segment_input(x, i).shape[-1] for i in range(plan.n_segments)]
+    assert lengths == [300, 300, 300, 300, 100]
+    assert torch.equal(plan.segment_input(x, 4), x[:, 900:])
+    seen: list[int] = []
+
+    def identity(batch: Tensor) -> Tensor:
+        seen.append(int(batch.shape[-1]))
+        return batch
+
+    out = run_segments(identity, x, plan, batch_size=3)["output"]
+    assert seen == [300, 300, 100]
+    assert torch.allclose(out, x, atol=1e-6)
+    padded = DemucsPlan(1000, 300, 0.25)
+    assert padded.segment_input(x, 4).shape[-1] == 300

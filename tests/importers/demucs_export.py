@@ -48,6 +48,35 @@ def make_htdemucs(seed: int, **kwargs: Any) -> torch.nn.Module:
     return model.eval()
 
 
+def tiny_hdemucs_kwargs(sources: list[str] = STEMS4, **over: Any) -> dict[str, Any]:
+    """A tiny v3 HDemucs: nfft 256 gives 3 frequency layers (hop 64 = 4**3, as the branches
+    need), the merge layer at index 2 with a norm (norm_starts=2: torchaudio's port builds an
+    unused one there), and a time layer at index 4 whose DConv has BLSTM + local attention."""
+    kw: dict[str, Any] = dict(
+        sources=sources,
+        channels=8,
+        depth=5,
+        nfft=256,
+        norm_starts=2,
+        segment=SEGMENT,
+        samplerate=RATE,
+    )
+    kw.update(over)
+    return kw
+
+
+def make_hdemucs(seed: int, **kwargs: Any) -> torch.nn.Module:
+    """demucs' v3 HDemucs with random (non-trivial) weights, in eval mode."""
+    from demucs.hdemucs import HDemucs
+
+    torch.manual_seed(seed)
+    model = HDemucs(**tiny_hdemucs_kwargs(**kwargs))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, Fraction):
         return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
@@ -82,10 +111,17 @@ def export_safetensors(
     return path
 
 
-def bag_yaml(name: str, sigs: list[str], weights: list[list[float]] | None = None) -> str:
+def bag_yaml(
+    name: str,
+    sigs: list[str],
+    weights: list[list[float]] | None = None,
+    segment: float | None = None,
+) -> str:
     text = f"models: {sigs!r}\n"
     if weights is not None:
         text += "weights: [\n" + "".join(f"  {w!r},\n" for w in weights) + "]\n"
+    if segment is not None:
+        text += f"segment: {segment!r}\n"
     return text
 
 
@@ -118,6 +154,7 @@ def publish(
     name: str,
     models: list[torch.nn.Module],
     weights: list[list[float]] | None = None,
+    segment: float | None = None,
 ) -> list[str]:
     """Export ``models`` as the demucs bag ``name`` in Hub repo ``repo_id``; returns the
     signatures."""
@@ -128,7 +165,7 @@ def publish(
         path = export_safetensors(m, tmp / f"{sig}.safetensors")
         files[f"{sig}.safetensors"] = path.read_bytes()
         sigs.append(sig)
-    files[f"{name}.yaml"] = bag_yaml(name, sigs, weights).encode()
+    files[f"{name}.yaml"] = bag_yaml(name, sigs, weights, segment).encode()
     write_hub_repo(cache, repo_id, files)
     return sigs
 
@@ -139,14 +176,28 @@ def reference_separate(
     *,
     weights: list[list[float]] | None = None,
     overlap: float = 0.25,
+    bag_segment: float | None = None,
+    segment: float | None = None,
 ) -> torch.Tensor:
     """demucs' own path: ``Separator`` normalisation + ``apply_model(split=True, shifts=0)``.
+    ``bag_segment`` is the bag YAML's ``segment``, ``segment`` apply_model's (``--segment``).
     ``mix`` is ``(C, T)``; returns ``(S, C, T)``."""
+    import copy
+
     from demucs.apply import BagOfModels, apply_model
 
-    bag = BagOfModels(models, weights)
+    if bag_segment is not None:  # BagOfModels sets it on the models in place
+        models = [copy.deepcopy(m) for m in models]
+    bag = BagOfModels(models, weights, segment=bag_segment)
     ref = mix.mean(0)
     mean, std = ref.mean(), ref.std() + 1e-8
     with torch.no_grad():
-        out = apply_model(bag, ((mix - mean) / std)[None], shifts=0, split=True, overlap=overlap)
+        out = apply_model(
+            bag,
+            ((mix - mean) / std)[None],
+            shifts=0,
+            split=True,
+            overlap=overlap,
+            segment=segment,
+        )
     return out[0] * std + mean
