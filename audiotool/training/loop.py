@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import shlex
 import sys
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from audiotool.errors import UsageError
 from audiotool.models._config import ModelConfig
+from audiotool.paths import replace_atomically, write_text_atomically
 from audiotool.progress import NullProgress, Progress
 from audiotool.training import distributed as dist_utils
 from audiotool.training.recipe import Recipe
@@ -136,16 +136,9 @@ def _batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(_step_seed(seed, step, rank))
 
 
-def _atomic_save_file(tensors: dict[str, Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    replace_atomically(path, lambda tmp: save_file(cpu, str(tmp)))
 
 
 def _hardware(device: torch.device) -> str:
@@ -241,23 +234,21 @@ def train(
         if not is_main:
             return
         model_file, ema_file = f"model-{step:08d}.safetensors", f"ema-{step:08d}.safetensors"
-        _atomic_save_file(model.state_dict(), ckpt_dir / model_file)
+        _save_tensors(model.state_dict(), ckpt_dir / model_file)
         if ema is not None:
-            _atomic_save_file(ema.state_dict(), ckpt_dir / ema_file)
-        _atomic_torch_save(
-            {
-                "step": step,
-                "model_file": model_file,
-                "ema_file": ema_file if ema is not None else "",
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema_updates": ema.updates if ema else 0,
-                "best": best,
-                "wall": wall_before + time.time() - t0,
-            },
-            state_path,
-        )
+            _save_tensors(ema.state_dict(), ckpt_dir / ema_file)
+        saved = {
+            "step": step,
+            "model_file": model_file,
+            "ema_file": ema_file if ema is not None else "",
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "ema_updates": ema.updates if ema else 0,
+            "best": best,
+            "wall": wall_before + time.time() - t0,
+        }
+        replace_atomically(state_path, lambda tmp: torch.save(saved, tmp))
         keep = {model_file, ema_file}
         for old in [*ckpt_dir.glob("model-*.safetensors"), *ckpt_dir.glob("ema-*.safetensors")]:
             if old.name not in keep:
@@ -313,7 +304,7 @@ def train(
                     best = head
                     if is_main:
                         weights = ema.state_dict() if ema else model.state_dict()
-                        _atomic_save_file(weights, ckpt_dir / "best.safetensors")
+                        _save_tensors(weights, ckpt_dir / "best.safetensors")
                 record = {
                     **(record or {"step": step}),
                     **{f"val_{k}": round(v, 6) for k, v in last_val.items()},
@@ -364,7 +355,7 @@ def _trim_log(path: Path, step: int) -> None:
         for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and step > 0 and json.loads(line).get("step", 0) <= step
     ]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    write_text_atomically(path, "".join(line + "\n" for line in keep))
 
 
 def _validate(
@@ -451,10 +442,10 @@ def export(
 
 
 def update_card_eval(folder: Path, text: str) -> None:
-    """Replace the card's Evaluation section (after the marker) with ``text``."""
+    """Replace the card's Evaluation section (after the marker) with ``text`` (atomically)."""
     card = Path(folder) / "README.md"
     body = card.read_text(encoding="utf-8")
     if EVAL_MARKER not in body:
         raise UsageError(f"{card} has no evaluation marker")
     head = body.split(EVAL_MARKER)[0]
-    card.write_text(head + EVAL_MARKER + "\n\n" + text.strip() + "\n", encoding="utf-8")
+    write_text_atomically(card, head + EVAL_MARKER + "\n\n" + text.strip() + "\n")
