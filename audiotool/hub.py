@@ -47,6 +47,7 @@ from audiotool.errors import (
     WeightMismatchError,
 )
 from audiotool.models._config import ModelConfig
+from audiotool.paths import replace_atomically, write_text_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -372,7 +373,7 @@ def _converted(
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=out.parent))
     try:
         save_pretrained(imported.model, imported.config, tmp, card=imported.card)
-        _write_text_atomic(tmp / "source.json", json.dumps({"spec": spec, **full}, indent=2))
+        write_text_atomically(tmp / "source.json", json.dumps({"spec": spec, **full}, indent=2))
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished first
@@ -791,26 +792,17 @@ def save_pretrained(
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and (optionally) a ``README.md`` card.
 
-    Each file is written to a temporary name in ``folder`` and renamed into place.
+    Each file is written to a temporary name in ``folder`` and renamed into place
+    (:func:`audiotool.paths.replace_atomically`), with the permissions of a new file.
     """
     from safetensors.torch import save_file
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "family": config.family})
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, out / WEIGHTS_NAME)
-    _write_text_atomic(out / CONFIG_NAME, json.dumps(config.to_json_dict(), indent=2) + "\n")
+    metadata = {"format": "pt", "family": config.family}
+    replace_atomically(out / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata))
+    write_text_atomically(out / CONFIG_NAME, json.dumps(config.to_json_dict(), indent=2) + "\n")
     if card is not None:
-        _write_text_atomic(out / CARD_NAME, card)
+        write_text_atomically(out / CARD_NAME, card)
     return out
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

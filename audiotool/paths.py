@@ -9,6 +9,11 @@
   folder and move them into place at the end, so a failure never leaves a partial output behind;
   without ``overwrite`` the final step never replaces a file that appeared meanwhile (another run
   writing the same output): :func:`commit` is a no-clobber link-or-rename.
+- :func:`replace_atomically` / :func:`write_text_atomically` are the one way to replace a single
+  file (model folders, checkpoints, cards): write a temporary file beside it, then ``os.replace``.
+- Temporary files are created with mode ``0o666``, so the kernel applies the umask and the
+  outputs get the permissions of any new file; the umask itself is never read by changing it
+  (``os.umask`` is process-wide and not thread-safe).
 - :func:`check_writable` finds an unwritable output location before anything runs.
 
 No torch here.
@@ -19,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import stat
 import string
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -315,12 +322,6 @@ def check_existing(targets: Iterable[Path], *, overwrite: bool, skip_existing: b
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_error(path: Path, exc: BaseException) -> AudioWriteError:
     """An :class:`AudioWriteError` naming ``path``, with a hint that fits the cause."""
     code = getattr(exc, "errno", None)
@@ -433,6 +434,7 @@ def atomic_outputs(
     """
     protected = {Path(p).resolve() for p in protect}
     tmps: dict[str, Path] = {}
+    modes: dict[str, int] = {}
     done: list[Path] = []
     try:
         for name, target in targets.items():
@@ -443,6 +445,7 @@ def atomic_outputs(
                     hint="choose another output path",
                 )
             tmps[name] = _temporary(target)
+            modes[name] = _mode_of(tmps[name])
         try:
             yield tmps
         except OSError as exc:  # the body's writes: disk full, quota, I/O error
@@ -451,10 +454,9 @@ def atomic_outputs(
                 Path(next(iter(targets.values()))),
             )
             raise write_error(where, exc) from exc
-        mode = 0o666 & ~_umask()  # mkstemp makes 0600; give outputs normal permissions
         for name, target in targets.items():
-            os.chmod(tmps[name], mode)
             try:
+                os.chmod(tmps[name], modes[name])  # the body's writer may have made a new file
                 commit(tmps[name], Path(target), overwrite=overwrite)
             except OSError as exc:
                 raise write_error(Path(target), exc) from exc
@@ -470,6 +472,11 @@ def atomic_outputs(
 
 
 def _temporary(target: Path) -> Path:
+    """A new empty file beside ``target`` (its folder made if needed), see :func:`_create_beside`.
+
+    Raises:
+        AudioWriteError: the folder cannot be created or written.
+    """
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -479,13 +486,90 @@ def _temporary(target: Path) -> Path:
             hint="check the path and its permissions",
         ) from exc
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=folder
-        )
+        return _create_beside(target)
     except OSError as exc:
         raise write_error(target, exc) from exc
-    os.close(fd)
-    return Path(tmp_name)
+
+
+def _create_beside(target: Path) -> Path:
+    """Create ``.{stem}.XXXXXXXX.tmp{suffix}`` next to ``target`` and return its path.
+
+    Like :func:`tempfile.mkstemp` (``O_EXCL``, a random name), but with mode ``0o666`` so that
+    the kernel applies the umask: the new file has the permissions any new file would have, and
+    :func:`_mode_of` reads them back (reading the umask itself means changing it, process-wide).
+    The suffix is kept so that writers that pick a format from the name still work.
+    """
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target.parent))
+
+
+def _mode_of(path: Path) -> int:
+    """Permission bits of ``path`` (for a file from :func:`_create_beside`: 0o666 less the umask).
+
+    Writers such as ``safetensors.save_file`` replace the file they are given with one of their
+    own (mode 0600), so the callers put these bits back before the rename.
+    """
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def replace_atomically(
+    path: Path, write: Callable[[Path], None], *, mode: int | None = None
+) -> Path:
+    """Replace ``path`` with what ``write`` writes, all at once or not at all.
+
+    ``write(tmp)`` fills a temporary file in ``path``'s folder (which is created if needed);
+    on success the file is renamed over ``path`` (``os.replace``: readers see the old or the
+    new file, never a partial one). When ``write`` raises, or the process dies, ``path`` keeps
+    its previous contents and the temporary file is removed (a killed process can leave a
+    ``.NAME.XXXXXXXX.tmp...`` file behind, never a partial ``path``).
+
+    Unlike :func:`atomic_output` this always replaces an existing file; it is for files this
+    program owns (model folders, checkpoints, cards), not for user outputs.
+
+    Args:
+        path: the file to write.
+        write: writes the complete contents to the path it is given (``safetensors.save_file``,
+            ``torch.save``, ``Path.write_text`` ...), in place or by making a new file there.
+        mode: permission bits for the result; None: ``0o666`` less the umask, like a new file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        AudioWriteError: the folder or file cannot be written (full disk, permissions ...);
+            errors raised by ``write`` that are not ``OSError`` propagate unchanged.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        wanted = _mode_of(tmp) if mode is None else mode
+        write(tmp)
+        os.chmod(tmp, wanted)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
+    return path
+
+
+def write_text_atomically(path: Path, text: str, *, mode: int | None = None) -> Path:
+    """:func:`replace_atomically` for UTF-8 text."""
+    return replace_atomically(path, lambda tmp: _write_text(tmp, text), mode=mode)
+
+
+def _write_text(tmp: Path, text: str) -> None:
+    tmp.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -222,3 +222,96 @@ def test_write_errors_name_the_file_and_fit_the_cause(tmp_path: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
     assert str(target) in exc.value.message and "full" in (exc.value.hint or "")
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- replace_atomically
+
+
+def test_replace_atomically_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    from audiotool.paths import replace_atomically
+
+    target = tmp_path / "model.safetensors"
+    target.write_text("old")
+
+    def interrupted(tmp: Path) -> None:
+        tmp.write_text("half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_atomically(target, interrupted)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary left
+
+
+def test_replace_atomically_turns_os_errors_into_write_errors(tmp_path: Path) -> None:
+    import errno
+
+    from audiotool.errors import AudioWriteError
+    from audiotool.paths import replace_atomically
+
+    target = tmp_path / "c.json"
+
+    def full(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(AudioWriteError, match=r"c\.json") as exc:
+        replace_atomically(target, full)
+    assert "full" in (exc.value.hint or "")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    import os
+    import stat
+
+    from audiotool.paths import atomic_output, replace_atomically, write_text_atomically
+
+    previous = os.umask(umask)  # the test sets it; the library never touches it
+    try:
+        replace_atomically(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"x"))
+        write_text_atomically(tmp_path / "b.txt", "x")
+        (tmp_path / "c.txt").write_text("old")
+        write_text_atomically(tmp_path / "c.txt", "new")
+        with atomic_output(tmp_path / "d.wav") as tmp:
+            tmp.write_bytes(b"x")
+
+        def own_file(tmp: Path) -> None:  # like safetensors: a new 0600 file over the given one
+            fd = os.open(tmp.with_suffix(".own"), os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+            os.replace(tmp.with_suffix(".own"), tmp)
+
+        replace_atomically(tmp_path / "f.bin", own_file)
+        assert os.umask(umask) == umask  # unchanged by the calls above
+    finally:
+        os.umask(previous)
+    for name in ("a.bin", "b.txt", "c.txt", "d.wav", "f.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    replace_atomically(tmp_path / "e.bin", lambda tmp: tmp.write_bytes(b"x"), mode=0o600)
+    assert stat.S_IMODE((tmp_path / "e.bin").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.bin",
+        "b.txt",
+        "c.txt",
+        "d.wav",
+        "e.bin",
+        "f.bin",
+    ]
+
+
+def test_replace_atomically_never_changes_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changing the umask is process-wide (not thread-safe): no writer may call it."""
+    import os
+
+    from audiotool.paths import atomic_output, replace_atomically
+
+    def forbidden(mask: int) -> int:
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    replace_atomically(tmp_path / "x", lambda tmp: tmp.write_bytes(b"x"))
+    with atomic_output(tmp_path / "y.wav") as tmp:
+        tmp.write_bytes(b"y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "y.wav"]

@@ -2,28 +2,66 @@
 
 Data layout (what ``audiotool data build`` writes): ``DATA/train/...`` and ``DATA/val/...``.
 Every batch is a deterministic function of its generator (seeded from seed, step, rank).
+Rates, hops and stems come from the recipe's model config (:meth:`Recipe.model_config`), never
+from constants: an upsample model at 24 kHz trains on 24 kHz targets.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from audiotool.errors import ConfigError, UsageError
+from audiotool.models.configs import CodecConfig, LatentDiffusionConfig
 from audiotool.training.clips import ClipIndex, SongIndex
 from audiotool.training.recipe import Recipe
 
+if TYPE_CHECKING:
+    from audiotool.models.codec import WaveCodec
+    from audiotool.models.latent_diffusion import LatentDiffusion
+    from audiotool.models.rae import AudioRAE
+
 log = logging.getLogger(__name__)
+
+
+class TaskAdapter(Protocol):
+    """What :func:`audiotool.training.loop.train` needs from a task.
+
+    Attributes:
+        name: the task, for logs.
+        best_metric: the key of :meth:`validate`'s result that picks ``best.safetensors``.
+        higher_is_better: whether a larger ``best_metric`` is better.
+    """
+
+    name: str
+    best_metric: str
+    higher_is_better: bool
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once on a fresh (not resumed) model, e.g. to set normalisation stats."""
+
+    def train_batch(
+        self, step: int, rank: int, batch_size: int, generator: torch.Generator
+    ) -> Any: ...
+
+    def loss(
+        self, model: nn.Module, batch: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]: ...
+
+    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]: ...
+
+    def card_facts(self) -> dict[str, Any]: ...
 
 
 def _card_data(data_dir: Path) -> str:
     manifest = data_dir / "manifest.json"
     if manifest.is_file():
-        import json
-
         info = json.loads(manifest.read_text())
         n = {s: sum(1 for f in info["files"] if f["split"] == s) for s in ("train", "val")}
         hours = sum(f["duration"] for f in info["files"] if f["split"] == "train") / 3600
@@ -35,33 +73,84 @@ def _card_data(data_dir: Path) -> str:
     return str(data_dir)
 
 
-class UpsampleAdapter:
-    """Degrade real 48 kHz clips to a random input rate; v-prediction loss.
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
-    ``data.extra``: ``input_rates`` (default 8/12/16/24 kHz), ``context_seconds`` (the
-    window the global encoder sees, default 8 s), ``filters`` (low-pass kinds applied before
-    the resampling, chosen at random per item: robustness to how the input was made).
+
+class AdapterBase(ABC):
+    """What every adapter shares: the recipe, the data folder, the model config (and its
+    ``sample_rate``), a no-op :meth:`prepare` and the card's data line. Subclasses set
+    ``name``, ``best_metric`` and ``higher_is_better`` and implement the rest of
+    :class:`TaskAdapter`."""
+
+    name: str
+    best_metric: str
+    higher_is_better: bool
+
+    def __init__(self, recipe: Recipe, data_dir: Path) -> None:
+        self.recipe, self.data_dir = recipe, Path(data_dir)
+        self.config = recipe.model_config()
+        self.sample_rate = int(self.config.sample_rate)
+
+    def prepare(self, model: nn.Module) -> None:  # noqa: B027 (optional hook, a no-op here)
+        """Nothing to do on a fresh model."""
+
+    def card_facts(self) -> dict[str, Any]:
+        return {"data": _card_data(self.data_dir)}
+
+    @abstractmethod
+    def train_batch(
+        self, step: int, rank: int, batch_size: int, generator: torch.Generator
+    ) -> Any: ...
+
+    @abstractmethod
+    def loss(
+        self, model: nn.Module, batch: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]: ...
+
+    @abstractmethod
+    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]: ...
+
+
+class UpsampleAdapter(AdapterBase):
+    """Degrade real clips at the model's rate to a random lower input rate; v-prediction loss.
+
+    ``data.extra``: ``input_rates`` (default 8/12/16/24 kHz, those below the model's rate),
+    ``context_seconds`` (the window the global encoder sees, default 8 s), ``filters``
+    (low-pass kinds applied before the resampling, chosen at random per item: robustness to
+    how the input was made). Mel frames are ``hop`` samples of the model config.
     """
 
     name = "upsample"
+    best_metric = "loss"
     higher_is_better = False
 
-    def __init__(self, recipe: Recipe, data_dir: Path, cond_drop_prob: float) -> None:
-        self.recipe, self.data_dir = recipe, Path(data_dir)
+    def __init__(self, recipe: Recipe, data_dir: Path) -> None:
+        super().__init__(recipe, data_dir)
+        if not isinstance(self.config, LatentDiffusionConfig):
+            raise UsageError(
+                f"upsample training needs a latent_diffusion model, got {self.config.family!r}"
+            )
+        self.hop = int(self.config.hop)
+        self.cond_drop_prob = float(self.config.cond_drop_prob)
         self.train_set = ClipIndex(self.data_dir / recipe.data.train)
         self.val_set = ClipIndex(self.data_dir / recipe.data.val)
         extra = recipe.data.extra
-        self.rates = [int(r) for r in extra.get("input_rates", [8000, 12000, 16000, 24000])]
+        if "input_rates" in extra:
+            self.rates = [int(r) for r in extra["input_rates"]]
+        else:
+            self.rates = [r for r in (8000, 12000, 16000, 24000) if r < self.sample_rate]
+        if not self.rates or max(self.rates) > self.sample_rate:
+            raise ConfigError(
+                f"data.extra.input_rates {self.rates} must be non-empty and at most the "
+                f"model's sample_rate ({self.sample_rate})"
+            )
         self.context_seconds = float(extra.get("context_seconds", 8.0))
         self.filters = list(extra.get("filters", ["none", "cheby1", "butter"]))
-        self.cond_drop_prob = cond_drop_prob
-
-    def prepare(self, model: Any) -> None:
-        return None
 
     def _item(
         self,
-        model: Any,
+        model: LatentDiffusion,
         gen: torch.Generator,
         clip: int,
         idx: ClipIndex,
@@ -69,7 +158,7 @@ class UpsampleAdapter:
     ) -> dict[str, Tensor]:
         from audiotool.dsp import degrade, lowpass
 
-        sr = 48000
+        sr, hop = self.sample_rate, self.hop
         ctx_len = max(clip, int(self.context_seconds * sr))
         window, _ = idx.random_crop(gen, ctx_len, sr)
         off = int(torch.randint(ctx_len - clip + 1, (1,), generator=gen))
@@ -82,86 +171,93 @@ class UpsampleAdapter:
         low = window if kind == "none" else lowpass(window, sr, 0.97 * in_rate / 2, kind=kind)
         degraded = degrade(low, sr, in_rate)
         cond = lowpass(degraded, sr, 0.95 * in_rate / 2)
-        mel = model.mel
-        target_mel = mel(window[:, off : off + clip])
-        cond_mel_full = mel(cond)
-        f0 = off // 480
-        n = clip // 480
+        target_mel = model.mel(window[:, off : off + clip])
+        cond_mel_full = model.mel(cond)
+        f0, n = off // hop, clip // hop
         return {
             "target_mel": target_mel[0, :n],
             "cond_mel": cond_mel_full[0, f0 : f0 + n],
             "context_mel": cond_mel_full[0],
         }
 
-    def _clip_samples(self, model: Any) -> int:
-        frames = int(self.recipe.data.clip_seconds * 100)
+    def _clip_samples(self, model: LatentDiffusion) -> int:
+        frames = int(self.recipe.data.clip_seconds * (self.sample_rate / self.hop))
         mult = model.frame_multiple
-        return max(mult, frames // mult * mult) * 480
+        return max(mult, frames // mult * mult) * self.hop
 
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
         return ("train", generator.initial_seed(), batch_size)
 
-    def _materialise(self, model: Any, spec: Any) -> dict[str, Tensor]:
+    def _materialise(self, model: LatentDiffusion, spec: Any) -> dict[str, Tensor]:
         split, seed, bs = spec
         gen = torch.Generator().manual_seed(int(seed))
         clip = self._clip_samples(model)
         idx = self.train_set if split == "train" else self.val_set
         items = [self._item(model, gen, clip, idx) for _ in range(bs)]
-        dev = next(model.parameters()).device
+        dev = _device(model)
         return {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0]}
 
     def loss(
-        self, model: Any, batch: Any, generator: torch.Generator
+        self, model: nn.Module, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         from audiotool.models.latent_diffusion import diffusion_loss
 
+        ld = _latent_diffusion(model)
         with torch.no_grad():
-            data = self._materialise(model, batch)
-        loss = diffusion_loss(
-            model,
-            data,
-            cond_drop_prob=self.cond_drop_prob,
-            generator=generator,
-        )
+            data = self._materialise(ld, batch)
+        loss = diffusion_loss(ld, data, cond_drop_prob=self.cond_drop_prob, generator=generator)
         return loss, {}
 
-    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]:
         from audiotool.models.latent_diffusion import diffusion_loss
 
+        ld = _latent_diffusion(model)
         total = 0.0
         for i in range(max_batches):
-            data = self._materialise(model, ("val", 10_000 + i, 4))
-            total += float(
-                diffusion_loss(
-                    model,
-                    data,
-                    cond_drop_prob=0.0,
-                    generator=torch.Generator().manual_seed(i),
-                )
-            )
+            data = self._materialise(ld, ("val", 10_000 + i, 4))
+            gen = torch.Generator().manual_seed(i)
+            total += float(diffusion_loss(ld, data, cond_drop_prob=0.0, generator=gen))
         return {"loss": total / max_batches}
 
-    def card_facts(self) -> dict[str, Any]:
-        return {"data": _card_data(self.data_dir)}
+
+def _latent_diffusion(model: nn.Module) -> LatentDiffusion:
+    from audiotool.models.latent_diffusion import LatentDiffusion
+
+    if not isinstance(model, LatentDiffusion):
+        raise UsageError(f"upsample training needs a LatentDiffusion, got {type(model).__name__}")
+    return model
 
 
-class SeparateAdapter:
-    """Random crops of rendered songs, stem gains and remixing across songs; L1 + MR-STFT."""
+class SeparateAdapter(AdapterBase):
+    """Random crops of rendered songs, stem gains and remixing across songs; L1 + MR-STFT.
+
+    The songs must be at the model's ``sample_rate`` (they are read as they are).
+    """
 
     name = "separate"
+    best_metric = "si_sdr"
     higher_is_better = True
 
-    def __init__(self, recipe: Recipe, data_dir: Path, stems: tuple[str, ...]) -> None:
-        self.recipe, self.data_dir, self.stems = recipe, Path(data_dir), stems
-        self.train_set = SongIndex(self.data_dir / recipe.data.train, stems)
-        self.val_set = SongIndex(self.data_dir / recipe.data.val, stems)
+    def __init__(self, recipe: Recipe, data_dir: Path) -> None:
+        super().__init__(recipe, data_dir)
+        stems = getattr(self.config, "stems", None)
+        if not stems:
+            raise UsageError(f"separate training needs a model with stems, got {self.config!r}")
+        self.stems: tuple[str, ...] = tuple(stems)
+        self.train_set = SongIndex(self.data_dir / recipe.data.train, self.stems)
+        self.val_set = SongIndex(self.data_dir / recipe.data.val, self.stems)
+        for split, songs in ((recipe.data.train, self.train_set), (recipe.data.val, self.val_set)):
+            if songs.rate != self.sample_rate:
+                raise ConfigError(
+                    f"the songs in {self.data_dir / split} are at {songs.rate} Hz, the model "
+                    f"at {self.sample_rate} Hz",
+                    hint=f"add model.overrides: {{sample_rate: {songs.rate}}} to the recipe, "
+                    "or build the data at the model's rate",
+                )
         self.remix = float(recipe.data.extra.get("remix_prob", 0.5))
 
-    def prepare(self, model: Any) -> None:
-        return None
-
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
-        length = int(self.recipe.data.clip_seconds * self.train_set.rate)
+        length = int(self.recipe.data.clip_seconds * self.sample_rate)
         mixes: list[Tensor] = []
         refs: dict[str, list[Tensor]] = {s: [] for s in self.stems}
         n = len(self.train_set.songs)
@@ -187,21 +283,21 @@ class SeparateAdapter:
         return torch.stack(mixes), {s: torch.stack(v) for s, v in refs.items()}
 
     def loss(
-        self, model: Any, batch: Any, generator: torch.Generator
+        self, model: nn.Module, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         from audiotool.models.separation import separation_loss
 
         mix, refs = batch
-        dev = next(model.parameters()).device
+        dev = _device(model)
         est = model(mix.to(dev))
         return separation_loss(est, {k: v.to(dev) for k, v in refs.items()}), {}
 
-    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]:
         from audiotool.metrics import si_sdr
 
-        length = int(min(6.0, self.recipe.data.clip_seconds * 2) * self.val_set.rate)
+        length = int(min(6.0, self.recipe.data.clip_seconds * 2) * self.sample_rate)
         scores: dict[str, list[float]] = {s: [] for s in self.stems}
-        dev = next(model.parameters()).device
+        dev = _device(model)
         for song in range(min(len(self.val_set.songs), max_batches)):
             start = max(0, (self.val_set.frames[song] - length) // 2)
             mix = self.val_set.crop(song, "mixture", start, length)
@@ -216,30 +312,25 @@ class SeparateAdapter:
             **{f"si_sdr_{k}": v for k, v in per.items()},
         }
 
-    def card_facts(self) -> dict[str, Any]:
-        return {"data": _card_data(self.data_dir)}
 
-
-class EmbedAdapter:
-    """Contrastive training on real clips: two augmented crops of one clip are positives
-    (NT-Xent, SimCLR); with ``data.extra.supervised`` (weight, default 1.0) clips that share a
-    label (their sub-folder) are positives too (SupCon). Augmentations: gain, polarity, noise at
-    a random level, random low-pass. Validation = leave-one-out 1-NN accuracy on the labelled
-    val folder (recordings not used in training)."""
+class EmbedAdapter(AdapterBase):
+    """Contrastive training on real clips at the model's rate: two augmented crops of one clip
+    are positives (NT-Xent, SimCLR); with ``data.extra.supervised`` (weight, default 1.0) clips
+    that share a label (their sub-folder) are positives too (SupCon). Augmentations: gain,
+    polarity, noise at a random level, random low-pass. Validation = leave-one-out 1-NN accuracy
+    on the labelled val folder (recordings not used in training)."""
 
     name = "embed"
+    best_metric = "knn"
     higher_is_better = True
 
     def __init__(self, recipe: Recipe, data_dir: Path) -> None:
-        self.recipe, self.data_dir = recipe, Path(data_dir)
+        super().__init__(recipe, data_dir)
         self.train_set = ClipIndex(self.data_dir / recipe.data.train)
         self.val_set = ClipIndex(self.data_dir / recipe.data.val)
         self.temperature = float(recipe.data.extra.get("temperature", 0.1))
         self.supervised = float(recipe.data.extra.get("supervised", 1.0))
         self.label_ids = {lab: i for i, lab in enumerate(self.train_set.labels)}
-
-    def prepare(self, model: Any) -> None:
-        return None
 
     def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
         from audiotool.dsp import lowpass
@@ -248,28 +339,32 @@ class EmbedAdapter:
         gain = 0.2 + 0.8 * float(u[0])
         sign = -1.0 if float(u[1]) < 0.5 else 1.0
         if float(u[2]) < 0.3:
-            x = lowpass(x[None], 16000, 2000 + 5000 * float(u[3]), order=4, kind="butter")[0]
+            cutoff = min(2000 + 5000 * float(u[3]), 0.45 * self.sample_rate)  # below Nyquist
+            x = lowpass(x[None], self.sample_rate, cutoff, order=4, kind="butter")[0]
         noise = 10 ** (-1 - 2 * float(torch.rand(1, generator=gen)))  # 0.1 .. 0.001
         return sign * gain * x + noise * torch.randn(x.shape, generator=gen)
 
+    def _length(self) -> int:
+        return int(self.recipe.data.clip_seconds * self.sample_rate)
+
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
-        length = int(self.recipe.data.clip_seconds * 16000)
+        length, sr = self._length(), self.sample_rate
         a, b, labels = [], [], []
         for _ in range(batch_size):
-            x, item = self.train_set.random_crop(generator, length, 16000)
-            y, _ = self.train_set.random_crop(generator, length, 16000, item=item)
+            x, item = self.train_set.random_crop(generator, length, sr)
+            y, _ = self.train_set.random_crop(generator, length, sr, item=item)
             a.append(self._augment(x[0], generator))
             b.append(self._augment(y[0], generator))
             labels.append(self.label_ids.get(item.label, -1))
         return torch.stack(a), torch.stack(b), torch.tensor(labels)
 
     def loss(
-        self, model: Any, batch: Any, generator: torch.Generator
+        self, model: nn.Module, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         from audiotool.models.audio_branch import nt_xent, supcon
 
         a, b, labels = batch
-        dev = next(model.parameters()).device
+        dev = _device(model)
         _, za = model(a.to(dev))
         _, zb = model(b.to(dev))
         self_sup = nt_xent(za, zb, self.temperature)
@@ -281,51 +376,51 @@ class EmbedAdapter:
             "supcon": float(sup.detach()),
         }
 
-    def embed_all(self, model: Any, index: ClipIndex) -> tuple[Tensor, list[str]]:
-        length = int(self.recipe.data.clip_seconds * 16000)
-        dev = next(model.parameters()).device
+    def embed_all(self, model: nn.Module, index: ClipIndex) -> tuple[Tensor, list[str]]:
+        length = self._length()
+        dev = _device(model)
         vecs = []
         for item in index.files:
-            x = index.read(item, 0, length, 16000)
+            x = index.read(item, 0, length, self.sample_rate)
             vecs.append(model(x.to(dev))[1][0].cpu())
         return torch.stack(vecs), [f.label for f in index.files]
 
-    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]:
         from audiotool.evaluation import knn_accuracy
 
         vecs, labels = self.embed_all(model, self.val_set)
         return {"knn": knn_accuracy(vecs.numpy(), labels, k=1)}
 
-    def card_facts(self) -> dict[str, Any]:
-        return {"data": _card_data(self.data_dir)}
 
-
-class ReconstructAdapter:
-    """Round-trip training on real clips, mono 16 kHz crops of ``data.clip_seconds``.
+class ReconstructAdapter(AdapterBase):
+    """Round-trip training on real clips, mono crops at the model's rate of
+    ``data.clip_seconds``.
 
     An RAE trains its decoder (the encoder stays frozen; mel L1, :func:`rae_loss`); a codec
     trains encoder and decoder together (:func:`codec_loss`). ``data.extra.gain_range``
     ``[lo, hi]`` scales each crop by a random gain (default ``[1, 1]``: none), so that the model
-    sees quiet as well as loud audio.
+    sees quiet as well as loud audio. The best checkpoint follows ``loss`` (codec) or
+    ``mel_l1`` (RAE).
     """
 
     name = "reconstruct"
     higher_is_better = False
 
     def __init__(self, recipe: Recipe, data_dir: Path) -> None:
-        self.recipe, self.data_dir = recipe, Path(data_dir)
+        super().__init__(recipe, data_dir)
+        self.is_codec = isinstance(self.config, CodecConfig)
+        self.best_metric = "loss" if self.is_codec else "mel_l1"
         self.train_set = ClipIndex(self.data_dir / recipe.data.train)
         self.val_set = ClipIndex(self.data_dir / recipe.data.val)
 
-    def _length(self, model: Any) -> int:
-        fs = int(model.frame_samples)
-        return max(fs, int(self.recipe.data.clip_seconds * 16000) // fs * fs)
+    def _length(self, model: nn.Module) -> int:
+        fs = int(_round_trip(model).frame_samples)
+        return max(fs, int(self.recipe.data.clip_seconds * self.sample_rate) // fs * fs)
 
-    def prepare(self, model: Any) -> None:
+    def prepare(self, model: nn.Module) -> None:
         """RAE only: load the frozen encoder's weights when ``data.extra.encoder_from`` names a
         trained embed model (an audio-branch RAE over our own embedder: zoo name, folder or Hub
         repo), then latent normalisation statistics from 32 training crops."""
-        from audiotool.errors import UsageError
         from audiotool.models.rae import AudioRAE, compute_latent_stats
 
         source = self.recipe.data.extra.get("encoder_from")
@@ -340,53 +435,58 @@ class ReconstructAdapter:
             load_encoder_from(model, str(source))
         gen = torch.Generator().manual_seed(1234)
         length = self._length(model)
-        x = torch.cat([self.train_set.random_crop(gen, length, 16000)[0] for _ in range(32)])
-        dev = next(model.parameters()).device
+        crops = [self.train_set.random_crop(gen, length, self.sample_rate)[0] for _ in range(32)]
+        x = torch.cat(crops)
         with torch.no_grad():
-            z = model.encode_raw(x.to(dev))
+            z = model.encode_raw(x.to(_device(model)))
         model.set_latent_stats(*compute_latent_stats(z))
 
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
         return ("train", generator.initial_seed(), batch_size)
 
-    def _batch(self, model: Any, spec: Any) -> Tensor:
+    def _batch(self, model: nn.Module, spec: Any) -> Tensor:
         split, seed, bs = spec
         gen = torch.Generator().manual_seed(int(seed))
         idx = self.train_set if split == "train" else self.val_set
         length = self._length(model)
-        x = torch.cat([idx.random_crop(gen, length, 16000)[0] for _ in range(bs)])
+        x = torch.cat([idx.random_crop(gen, length, self.sample_rate)[0] for _ in range(bs)])
         lo, hi = (float(g) for g in self.recipe.data.extra.get("gain_range", [1.0, 1.0]))
         if split == "train" and (lo, hi) != (1.0, 1.0):
             x = x * (lo + (hi - lo) * torch.rand(bs, 1, generator=gen))
-        return x.to(next(model.parameters()).device)
+        return x.to(_device(model))
 
-    @staticmethod
-    def _loss_fn(model: Any) -> Any:
+    def _loss(self, model: nn.Module, wave: Tensor) -> Tensor:
         from audiotool.models.codec import WaveCodec, codec_loss
         from audiotool.models.rae import rae_loss
 
-        return codec_loss if isinstance(model, WaveCodec) else rae_loss
+        net = _round_trip(model)
+        return codec_loss(net, wave) if isinstance(net, WaveCodec) else rae_loss(net, wave)
 
     def loss(
-        self, model: Any, batch: Any, generator: torch.Generator
+        self, model: nn.Module, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        return self._loss_fn(model)(model, self._batch(model, batch)), {}
+        return self._loss(model, self._batch(model, batch)), {}
 
-    def validate(self, model: Any, *, max_batches: int) -> dict[str, float]:
-        from audiotool.models.codec import WaveCodec
-
-        loss_fn = self._loss_fn(model)
+    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]:
         vals = [
-            float(loss_fn(model, self._batch(model, ("val", 5000 + i, 4))))
+            float(self._loss(model, self._batch(model, ("val", 5000 + i, 4))))
             for i in range(max_batches)
         ]
-        return {"loss" if isinstance(model, WaveCodec) else "mel_l1": sum(vals) / len(vals)}
-
-    def card_facts(self) -> dict[str, Any]:
-        return {"data": _card_data(self.data_dir)}
+        return {self.best_metric: sum(vals) / len(vals)}
 
 
-def load_encoder_from(model: Any, spec: str) -> None:
+def _round_trip(model: nn.Module) -> AudioRAE | WaveCodec:
+    from audiotool.models.codec import WaveCodec
+    from audiotool.models.rae import AudioRAE
+
+    if not isinstance(model, (AudioRAE, WaveCodec)):
+        raise UsageError(
+            f"reconstruct training needs an RAE or a codec, got {type(model).__name__}"
+        )
+    return model
+
+
+def load_encoder_from(model: nn.Module, spec: str) -> None:
     """Copy a trained embed model's weights into an audio-branch RAE's frozen encoder, strictly
     (every key present, same shapes: the RAE's ``branch_*`` sizes must equal the embedder's).
 
@@ -394,31 +494,34 @@ def load_encoder_from(model: Any, spec: str) -> None:
         UsageError: the RAE's encoder is not an audio branch, or ``spec`` is not an embed model.
         WeightMismatchError: the sizes differ.
     """
-    from audiotool.errors import UsageError
     from audiotool.hub import load_model, load_state_strict
 
-    if getattr(model, "encoder_kind", None) != "audio_branch":
+    encoder = getattr(model, "encoder", None)
+    if getattr(model, "encoder_kind", None) != "audio_branch" or not isinstance(encoder, nn.Module):
         raise UsageError(
             "data.extra.encoder_from needs an RAE whose encoder is 'audio_branch'",
             hint="use the rae 'audio-branch' preset (or model.overrides: {encoder: audio_branch})",
         )
     source = load_model(spec, task="embed")
     state = source.model.state_dict()
-    load_state_strict(model.encoder, state, source=f"{spec} (encoder_from)")
+    load_state_strict(encoder, state, source=f"{spec} (encoder_from)")
     log.info("RAE encoder loaded from %s", spec)
 
 
-def make_adapter(recipe: Recipe, data_dir: Path) -> Any:
-    """The adapter for ``recipe.task``."""
-    cfg = recipe.model_config()
-    if recipe.task == "upsample":
-        return UpsampleAdapter(recipe, data_dir, float(getattr(cfg, "cond_drop_prob", 0.1)))
-    if recipe.task == "separate":
-        return SeparateAdapter(recipe, data_dir, tuple(getattr(cfg, "stems")))  # noqa: B009
-    if recipe.task == "embed":
-        return EmbedAdapter(recipe, data_dir)
-    if recipe.task == "reconstruct":
-        return ReconstructAdapter(recipe, data_dir)
-    from audiotool.errors import UsageError
+ADAPTERS: dict[str, type[AdapterBase]] = {
+    "upsample": UpsampleAdapter,
+    "separate": SeparateAdapter,
+    "embed": EmbedAdapter,
+    "reconstruct": ReconstructAdapter,
+}
 
-    raise UsageError(f"unknown task {recipe.task!r}")
+
+def make_adapter(recipe: Recipe, data_dir: Path) -> TaskAdapter:
+    """The adapter for ``recipe.task``.
+
+    Raises:
+        UsageError: an unknown task.
+    """
+    if recipe.task not in ADAPTERS:
+        raise UsageError(f"unknown task {recipe.task!r}", hint=f"one of {sorted(ADAPTERS)}")
+    return ADAPTERS[recipe.task](recipe, data_dir)

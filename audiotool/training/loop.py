@@ -12,14 +12,13 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -28,35 +27,19 @@ from torch import Tensor, nn
 
 from audiotool.errors import UsageError
 from audiotool.models._config import ModelConfig
+from audiotool.paths import replace_atomically, write_text_atomically
 from audiotool.progress import NullProgress, Progress
 from audiotool.training import distributed as dist_utils
-from audiotool.training.recipe import Recipe
+from audiotool.training.recipe import Recipe, TrainSection
+
+if TYPE_CHECKING:
+    from audiotool.training.adapters import TaskAdapter
 
 log = logging.getLogger(__name__)
 
 EVAL_MARKER = "<!-- evaluation -->"
-
-
-class TaskAdapter(Protocol):
-    """What the loop needs from a task (see :mod:`audiotool.training.adapters`)."""
-
-    name: str
-    higher_is_better: bool
-
-    def train_batch(
-        self, step: int, rank: int, batch_size: int, generator: torch.Generator
-    ) -> Any: ...
-
-    def loss(
-        self, model: nn.Module, batch: Any, generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, float]]: ...
-
-    def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]: ...
-
-    def card_facts(self) -> dict[str, Any]: ...
-
-    def prepare(self, model: nn.Module) -> None:
-        """Called once on a fresh (not resumed) model, e.g. to set normalisation stats."""
+STATE_FILE = "train_state.pt"
+BEST_FILE = "best.safetensors"
 
 
 class EMA:
@@ -136,16 +119,9 @@ def _batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(_step_seed(seed, step, rank))
 
 
-def _atomic_save_file(tensors: dict[str, Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    replace_atomically(path, lambda tmp: save_file(cpu, str(tmp)))
 
 
 def _hardware(device: torch.device) -> str:
@@ -158,6 +134,220 @@ def _hardware(device: torch.device) -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return f"CPU: {cpu}, {torch.get_num_threads()} threads x {dist_utils.world_size()} process(es)"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a checkpoint holds: the model, its optimiser, scheduler, scaler and EMA, the number
+    of steps done, the best validation value so far and the wall time of earlier sessions."""
+
+    model: nn.Module
+    trainable: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    step: int = 0
+    best: float | None = None
+    wall_before: float = 0.0
+
+
+def _new_state(
+    recipe: Recipe,
+    config: ModelConfig,
+    build: Callable[[ModelConfig], nn.Module],
+    device: torch.device,
+) -> TrainState:
+    """A fresh model (seeded with ``train.seed``) with its optimiser, scheduler, scaler, EMA.
+
+    Raises:
+        UsageError: no trainable parameters, or fp16 AMP without CUDA.
+    """
+    t = recipe.train
+    torch.manual_seed(t.seed)
+    model = build(config).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise UsageError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(trainable, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
+    if t.amp == "fp16" and device.type != "cuda":
+        raise UsageError("amp fp16 needs a CUDA device", hint="use amp: bf16 or none on the CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    return TrainState(model, trainable, opt, sched, scaler, ema)
+
+
+def _resume_or_prepare(
+    state: TrainState,
+    adapter: TaskAdapter,
+    ckpt_dir: Path,
+    *,
+    resume: bool,
+    ema_decay: float,
+    device: torch.device,
+) -> None:
+    """Load the checkpoint in ``ckpt_dir`` when ``resume`` and one exists; else let the adapter
+    prepare the fresh model (and start the EMA from the prepared weights)."""
+    state_path = ckpt_dir / STATE_FILE
+    if not (resume and state_path.is_file()):
+        adapter.prepare(state.model)
+        if state.ema is not None:
+            state.ema = EMA(state.model, ema_decay)
+        return
+    saved = torch.load(state_path, map_location="cpu", weights_only=True)
+    state.model.load_state_dict(load_file(str(ckpt_dir / saved["model_file"]), device=str(device)))
+    state.opt.load_state_dict(saved["optimizer"])
+    state.sched.load_state_dict(saved["scheduler"])
+    state.scaler.load_state_dict(saved["scaler"])
+    if state.ema is not None and saved["ema_file"]:
+        state.ema.load_state_dict(
+            load_file(str(ckpt_dir / saved["ema_file"]), device=str(device)),
+            int(saved["ema_updates"]),
+        )
+    state.step, state.best = int(saved["step"]), saved.get("best")
+    state.wall_before = float(saved["wall"])
+    log.info("resumed at step %d", state.step)
+
+
+def _train_step(
+    state: TrainState, adapter: TaskAdapter, t: TrainSection, *, rank: int, device: torch.device
+) -> tuple[Tensor, float, dict[str, float]]:
+    """One optimiser step on the step-indexed batch; returns (loss, grad norm, loss parts)."""
+    state.model.train()
+    gen = _batch_generator(t.seed, state.step, rank)
+    # the global RNGs (nn.Dropout, torch.rand without a generator) are step-indexed too,
+    # so a resumed run repeats the uninterrupted run's random draws exactly
+    torch.manual_seed(_step_seed(t.seed, state.step, rank) ^ 0x5EED)
+    batch = adapter.train_batch(state.step, rank, t.batch_size, gen)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+    with (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype
+        else contextlib.nullcontext()
+    ):
+        loss, parts = adapter.loss(state.model, batch, gen)
+    state.opt.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    dist_utils.average_gradients(state.trainable)
+    state.scaler.unscale_(state.opt)
+    max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.trainable, max_norm))
+    state.scaler.step(state.opt)
+    state.scaler.update()
+    state.sched.step()
+    state.step += 1
+    if state.ema is not None and state.step > t.ema_start:
+        state.ema.update(state.model)
+    return loss, grad_norm, parts
+
+
+def _validate_and_keep_best(
+    state: TrainState, adapter: TaskAdapter, ckpt_dir: Path, max_batches: int
+) -> dict[str, float]:
+    """Validate (with the EMA weights when there are some); a new best ``adapter.best_metric``
+    (in ``adapter.higher_is_better``'s direction) writes those weights to ``best.safetensors``.
+
+    Raises:
+        UsageError: the adapter's ``best_metric`` is not among its validation metrics.
+    """
+    metrics = _validate(state.model, adapter, state.ema, max_batches)
+    if not metrics:
+        return metrics
+    if adapter.best_metric not in metrics:
+        raise UsageError(
+            f"the {adapter.name} adapter's best_metric {adapter.best_metric!r} is not one of "
+            f"its validation metrics {sorted(metrics)}",
+            hint="set the adapter's best_metric to one of them",
+        )
+    value = metrics[adapter.best_metric]
+    best = state.best
+    if best is None or (value > best if adapter.higher_is_better else value < best):
+        state.best = value
+        weights = state.ema.state_dict() if state.ema else state.model.state_dict()
+        _save_tensors(weights, ckpt_dir / BEST_FILE)
+    return metrics
+
+
+def _save_checkpoint(state: TrainState, ckpt_dir: Path, wall: float) -> None:
+    """Weights go to step-named files first; ``train_state.pt`` (written atomically, last)
+    names them, so a run killed at any point resumes from a consistent set. Older weight
+    files are removed afterwards."""
+    model_file = f"model-{state.step:08d}.safetensors"
+    ema_file = f"ema-{state.step:08d}.safetensors"
+    _save_tensors(state.model.state_dict(), ckpt_dir / model_file)
+    if state.ema is not None:
+        _save_tensors(state.ema.state_dict(), ckpt_dir / ema_file)
+    saved = {
+        "step": state.step,
+        "model_file": model_file,
+        "ema_file": ema_file if state.ema is not None else "",
+        "optimizer": state.opt.state_dict(),
+        "scheduler": state.sched.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "ema_updates": state.ema.updates if state.ema else 0,
+        "best": state.best,
+        "wall": wall,
+    }
+    replace_atomically(ckpt_dir / STATE_FILE, lambda tmp: torch.save(saved, tmp))
+    keep = {model_file, ema_file}
+    for old in [*ckpt_dir.glob("model-*.safetensors"), *ckpt_dir.glob("ema-*.safetensors")]:
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def _step_record(
+    step: int, loss: Tensor, grad_norm: float, parts: dict[str, float], lr: float
+) -> dict[str, Any]:
+    return {
+        "step": step,
+        "loss": round(float(loss.detach()), 6),
+        "lr": lr,
+        "grad_norm": round(grad_norm, 4),
+        **{k: round(v, 6) for k, v in parts.items()},
+    }
+
+
+def _emit(
+    path: Path, record: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None
+) -> None:
+    """Append ``record`` to the JSONL log, log it, and pass it to ``on_log``."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    log.info("%s", record)
+    if on_log is not None:
+        on_log(record)
+
+
+def _export_final(
+    state: TrainState,
+    adapter: TaskAdapter,
+    recipe: Recipe,
+    config: ModelConfig,
+    out_dir: Path,
+    wall: float,
+    last_val: dict[str, float],
+    device: torch.device,
+    command: str | None,
+) -> dict[str, float]:
+    """Write the zoo folder with the EMA weights (when there are some) swapped in; the card's
+    metrics are the last validation's, or, when none ran, a validation of those same weights.
+    Returns the metrics."""
+    with state.ema.swapped_in(state.model) if state.ema is not None else contextlib.nullcontext():
+        final = last_val or _validate(state.model, adapter, None, recipe.train.val_batches)
+        export(
+            state.model,
+            config,
+            recipe,
+            adapter,
+            out_dir=out_dir,
+            steps=state.step,
+            wall=wall,
+            metrics=final,
+            device=device,
+            command=command,
+        )
+    return final
 
 
 def train(
@@ -188,171 +378,62 @@ def train(
     rank = dist_utils.rank()
     is_main = rank == 0
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir, log_file = out_dir / "checkpoints", out_dir / "train_log.jsonl"
     if is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     config = recipe.model_config()
-    torch.manual_seed(t.seed)
-    model = build(config).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise UsageError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(trainable, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
-    if t.amp == "fp16" and device.type != "cuda":
-        raise UsageError("amp fp16 needs a CUDA device", hint="use amp: bf16 or none on the CPU")
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
-    scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
-    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
-    start, best, wall_before = 0, None, 0.0
-    state_path = ckpt_dir / "train_state.pt"
-    resuming = resume and state_path.is_file()
-    if not resuming:
-        adapter.prepare(model)
-        if ema is not None:
-            ema = EMA(model, t.ema_decay)
-    if resuming:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(str(ckpt_dir / state["model_file"]), device=str(device)))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state["ema_file"]:
-            ema.load_state_dict(
-                load_file(str(ckpt_dir / state["ema_file"]), device=str(device)),
-                int(state["ema_updates"]),
-            )
-        start, best, wall_before = int(state["step"]), state.get("best"), float(state["wall"])
-        log.info("resumed at step %d", start)
-    dist_utils.broadcast_parameters(model)
-    if is_main:
-        _trim_log(out_dir / "train_log.jsonl", start)
+    state = _new_state(recipe, config, build, device)
+    _resume_or_prepare(
+        state, adapter, ckpt_dir, resume=resume, ema_decay=t.ema_decay, device=device
+    )
+    dist_utils.broadcast_parameters(state.model)
     total = t.steps if max_steps is None else min(t.steps, max_steps)
-    log_file = out_dir / "train_log.jsonl"
-    t0 = time.time()
-    last_val: dict[str, float] = {}
     if is_main:
+        _trim_log(log_file, state.step)
         progress.start("steps", t.steps, f"train {recipe.task}")
-        progress.update("steps", start)
+        progress.update("steps", state.step)
+    t0 = time.time()
 
-    def checkpoint(step: int) -> None:
-        """Weights go to step-named files first; ``train_state.pt`` (written atomically, last)
-        names them, so a run killed at any point resumes from a consistent set."""
-        if not is_main:
-            return
-        model_file, ema_file = f"model-{step:08d}.safetensors", f"ema-{step:08d}.safetensors"
-        _atomic_save_file(model.state_dict(), ckpt_dir / model_file)
-        if ema is not None:
-            _atomic_save_file(ema.state_dict(), ckpt_dir / ema_file)
-        _atomic_torch_save(
-            {
-                "step": step,
-                "model_file": model_file,
-                "ema_file": ema_file if ema is not None else "",
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema_updates": ema.updates if ema else 0,
-                "best": best,
-                "wall": wall_before + time.time() - t0,
-            },
-            state_path,
-        )
-        keep = {model_file, ema_file}
-        for old in [*ckpt_dir.glob("model-*.safetensors"), *ckpt_dir.glob("ema-*.safetensors")]:
-            if old.name not in keep:
-                old.unlink(missing_ok=True)
+    def wall_now() -> float:
+        return state.wall_before + time.time() - t0
 
-    step = start
+    last_val: dict[str, float] = {}
     stopped_early = False
-    while step < total:
+    while state.step < total:
         if time_limit_s is not None and dist_utils.any_rank(time.time() - t0 > time_limit_s):
             stopped_early = True
             break
-        model.train()
-        gen = _batch_generator(t.seed, step, rank)
-        # the global RNGs (nn.Dropout, torch.rand without a generator) are step-indexed too,
-        # so a resumed run repeats the uninterrupted run's random draws exactly
-        torch.manual_seed(_step_seed(t.seed, step, rank) ^ 0x5EED)
-        batch = adapter.train_batch(step, rank, t.batch_size, gen)
-        ctx = (
-            torch.autocast(device_type=device.type, dtype=amp_dtype)
-            if amp_dtype
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            loss, parts = adapter.loss(model, batch, gen)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        dist_utils.average_gradients(trainable)
-        scaler.unscale_(opt)
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip if t.grad_clip > 0 else math.inf)
-        )
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        step += 1
-        if ema is not None and step > t.ema_start:
-            ema.update(model)
+        loss, grad_norm, parts = _train_step(state, adapter, t, rank=rank, device=device)
+        step = state.step
         record: dict[str, Any] = {}
         if step % t.log_every == 0 or step == total:
-            record = {
-                "step": step,
-                "loss": round(float(loss.detach()), 6),
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": round(grad_norm, 4),
-                **{k: round(v, 6) for k, v in parts.items()},
-            }
+            record = _step_record(step, loss, grad_norm, parts, float(state.sched.get_last_lr()[0]))
         if step % t.val_every == 0 or step == total:
-            last_val = _validate(model, adapter, ema, t.val_batches) if is_main else {}
+            last_val = (
+                _validate_and_keep_best(state, adapter, ckpt_dir, t.val_batches) if is_main else {}
+            )
             if last_val:
-                head = next(iter(last_val.values()))
-                better = best is None or (head > best if adapter.higher_is_better else head < best)
-                if better:
-                    best = head
-                    if is_main:
-                        weights = ema.state_dict() if ema else model.state_dict()
-                        _atomic_save_file(weights, ckpt_dir / "best.safetensors")
-                record = {
-                    **(record or {"step": step}),
-                    **{f"val_{k}": round(v, 6) for k, v in last_val.items()},
-                }
-        if record and is_main:
-            record["wall"] = round(wall_before + time.time() - t0, 1)
-            with open(log_file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            log.info("%s", record)
-            if on_log is not None:
-                on_log(record)
+                val = {f"val_{k}": round(v, 6) for k, v in last_val.items()}
+                record = {**(record or {"step": step}), **val}
         if is_main:
+            if record:
+                _emit(log_file, {**record, "wall": round(wall_now(), 1)}, on_log)
             progress.update("steps", step)
-        if step % t.ckpt_every == 0:
-            checkpoint(step)
-    checkpoint(step)
-    wall = wall_before + time.time() - t0
+            if step % t.ckpt_every == 0:
+                _save_checkpoint(state, ckpt_dir, wall_now())
+    if is_main:
+        _save_checkpoint(state, ckpt_dir, wall_now())
+    wall = wall_now()
     dist_utils.barrier()
     if is_main:
         progress.end("steps")
-    if step >= t.steps and is_main:
-        with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
-            final = last_val or _validate(model, adapter, None, t.val_batches)
-            export(
-                model,
-                config,
-                recipe,
-                adapter,
-                out_dir=out_dir,
-                steps=step,
-                wall=wall,
-                metrics=final,
-                device=device,
-                command=command,
-            )
-        last_val = final
+    if state.step >= t.steps and is_main:
+        last_val = _export_final(
+            state, adapter, recipe, config, out_dir, wall, last_val, device, command
+        )
     elif stopped_early:
-        log.warning("stopped at step %d of %d (time limit); rerun to resume", step, t.steps)
-    return TrainResult(out_dir, step, wall, last_val, best)
+        log.warning("stopped at step %d of %d (time limit); rerun to resume", state.step, t.steps)
+    return TrainResult(out_dir, state.step, wall, last_val, state.best)
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -364,7 +445,7 @@ def _trim_log(path: Path, step: int) -> None:
         for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and step > 0 and json.loads(line).get("step", 0) <= step
     ]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    write_text_atomically(path, "".join(line + "\n" for line in keep))
 
 
 def _validate(
@@ -451,10 +532,10 @@ def export(
 
 
 def update_card_eval(folder: Path, text: str) -> None:
-    """Replace the card's Evaluation section (after the marker) with ``text``."""
+    """Replace the card's Evaluation section (after the marker) with ``text`` (atomically)."""
     card = Path(folder) / "README.md"
     body = card.read_text(encoding="utf-8")
     if EVAL_MARKER not in body:
         raise UsageError(f"{card} has no evaluation marker")
     head = body.split(EVAL_MARKER)[0]
-    card.write_text(head + EVAL_MARKER + "\n\n" + text.strip() + "\n", encoding="utf-8")
+    write_text_atomically(card, head + EVAL_MARKER + "\n\n" + text.strip() + "\n")

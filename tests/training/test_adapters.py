@@ -116,3 +116,77 @@ def test_codec_trains_end_to_end_and_refuses_encoder_from(tmp_path: Path) -> Non
     spec["data"]["extra"] = {"encoder_from": "embed-small"}
     with pytest.raises(UsageError, match="encoder_from"):
         make_adapter(recipe_from_dict(spec), data).prepare(init)
+
+
+def test_upsample_adapter_uses_the_model_rate_and_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 24 kHz model with hop 300 (80 mel frames/s, not AudioSR's 48 kHz / 480) trains on
+    24 kHz crops whose target mel has one frame per 300 samples."""
+    import numpy as np
+    import soundfile as sf
+
+    from audiotool.training.adapters import make_adapter
+    from audiotool.training.clips import ClipIndex
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        x = 0.1 * rng.standard_normal(2 * 24000).astype(np.float32)
+        sf.write(tmp_path / split / "a.wav", x, 24000)
+    spec = {
+        "task": "upsample",
+        "model": {
+            "family": "latent_diffusion",
+            "preset": "tiny",
+            "overrides": {"sample_rate": 24000, "hop": 300},
+        },
+        "data": {"clip_seconds": 0.8, "extra": {"context_seconds": 1.0}},
+    }
+    recipe = recipe_from_dict(spec)
+    adapter = make_adapter(recipe, tmp_path)
+    assert adapter.best_metric == "loss" and not adapter.higher_is_better
+    model = build_model(recipe.model_config())
+    assert model.mel.sample_rate == 24000 and model.mel.hop_length == 300
+    assert adapter.rates == [8000, 12000, 16000]  # the defaults below the model's rate
+
+    crops: list[tuple[int, int]] = []
+    real_crop = ClipIndex.random_crop
+
+    def spy(self: ClipIndex, gen: torch.Generator, length: int, rate: int, **kw: object) -> object:
+        crops.append((length, rate))
+        return real_crop(self, gen, length, rate, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ClipIndex, "random_crop", spy)
+    clip = adapter._clip_samples(model)
+    assert clip == 64 * 300  # int(0.8 s x 80 frames/s) frames of 300 samples: 0.8 s at 24 kHz
+    data = adapter._materialise(model, ("train", 5, 2))
+    assert crops == [(24000, 24000)] * 2  # context_seconds x 24 kHz, read at 24 kHz
+    assert data["target_mel"].shape[:2] == (2, 64) and data["cond_mel"].shape[:2] == (2, 64)
+    assert data["context_mel"].shape[1] == 24000 // 300
+    loss, _ = adapter.loss(
+        model, adapter.train_batch(0, 0, 2, torch.Generator()), torch.Generator()
+    )
+    assert torch.isfinite(loss)
+
+    spec["data"]["extra"] = {"input_rates": [16000, 32000]}  # type: ignore[index]
+    with pytest.raises(ConfigError, match="sample_rate"):
+        make_adapter(recipe_from_dict(spec), tmp_path)
+
+
+def test_separate_data_must_be_at_the_model_rate(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from audiotool.training.adapters import make_adapter
+
+    for split in ("train", "val"):
+        song = tmp_path / split / "s0"
+        song.mkdir(parents=True)
+        for stem in ("mixture", "vocals", "drums", "bass", "other"):
+            sf.write(song / f"{stem}.wav", np.zeros((2205, 2), np.float32), 22050)
+    spec = {"task": "separate", "model": {"family": "bandsplit", "preset": "tiny"}}
+    with pytest.raises(ConfigError, match="22050 Hz, the model at 44100 Hz"):
+        make_adapter(recipe_from_dict(spec), tmp_path)
+    spec["model"]["overrides"] = {"sample_rate": 22050}  # type: ignore[index]
+    assert make_adapter(recipe_from_dict(spec), tmp_path).best_metric == "si_sdr"

@@ -223,3 +223,36 @@ def test_recipe_overrides_must_be_a_mapping(test_family: object) -> None:
                 "model": {"family": "test_scale", "preset": "tiny", "overrides": [1]},
             }
         )
+
+
+def test_run_writes_atomically_with_umask_permissions(
+    tmp_path: Path, test_family: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints, log, zoo folder and card go through paths.replace_atomically: modes follow
+    the umask, the umask is never changed (process-wide, not thread-safe), no temporaries."""
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask called"))
+    try:
+        recipe = toy_recipe(steps=4, val_every=2, ckpt_every=2, log_every=1)
+        train(recipe, ToyAdapter(), build=build_model, out_dir=tmp_path / "m", device=CPU)
+        update_card_eval(tmp_path / "m", "| LSD | 1.0 |")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    files = [p for p in (tmp_path / "m").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "train_log.jsonl",
+        "train_state.pt",
+        "best.safetensors",
+        "model-00000004.safetensors",
+        "ema-00000004.safetensors",
+    }
+    assert not [p for p in files if p.name.startswith(".")]  # no temporaries left
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o640}, modes

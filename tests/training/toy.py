@@ -32,6 +32,7 @@ def toy_recipe(**train: Any) -> Recipe:
 
 class ToyAdapter:
     name = "toy"
+    best_metric = "mse"
     higher_is_better = False
 
     def prepare(self, model: nn.Module) -> None:
