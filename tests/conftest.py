@@ -95,7 +95,7 @@ def test_family(monkeypatch: pytest.MonkeyPatch) -> ModelFamily[ScaleConfig]:
 @pytest.fixture
 def model_folder(tmp_path: Path, test_family: ModelFamily[ScaleConfig]) -> Path:
     """A local model folder in our format (config.json + model.safetensors + README.md)."""
-    from audiotool.hub import save_pretrained
+    from audiotool.checkpoints import save_pretrained
 
     torch.manual_seed(0)
     cfg = ScaleConfig(sample_rate=16000)

@@ -46,7 +46,7 @@ def _outputs(out: Tensor | dict[str, Tensor] | tuple[Tensor, ...]) -> dict[str, 
 
 def _family_cases() -> dict[str, Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]]:
     """Family -> (random-weight tiny model, example inputs of its forward)."""
-    from audiotool.hub import build_model
+    from audiotool.checkpoints import build_model
     from audiotool.models.registry import get_family
 
     def build(family: str, preset: str) -> nn.Module:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from audiotool.checkpoints import count_parameters, save_pretrained
 from audiotool.errors import (
     ConfigError,
     ModelLoadError,
@@ -18,14 +19,7 @@ from audiotool.errors import (
     UsageError,
     WeightMismatchError,
 )
-from audiotool.hub import (
-    count_parameters,
-    default_model,
-    load_model,
-    resolve,
-    save_pretrained,
-    zoo_entries,
-)
+from audiotool.hub import default_model, load_model, resolve, zoo_entries
 from audiotool.models import registry
 from tests.conftest import FAKE_SHA, ScaleConfig, use_hf_home
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotool.hub import build_model, load_model
+from audiotool.checkpoints import build_model
+from audiotool.hub import load_model
 
 ZOO = Path(__file__).resolve().parent.parent / "models"
 ENTRIES = sorted(p.name for p in ZOO.iterdir() if (p / "config.json").is_file())

@@ -189,9 +189,9 @@ def eval_embed(
     import torch
 
     from audiotool.audio import read_audio
+    from audiotool.checkpoints import build_model
     from audiotool.cli._report import setup_logging
     from audiotool.evaluation import evaluate_embeddings
-    from audiotool.hub import build_model
     from audiotool.tasks.common import load_task_model
     from audiotool.tasks.embed import embed_tensor
 

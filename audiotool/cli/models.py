@@ -98,7 +98,8 @@ def info_model(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a model's family, task, rate, parameters and card (reads files only)."""
-    from audiotool.hub import CARD_NAME, WEIGHTS_NAME, count_parameters, read_config, resolve
+    from audiotool.checkpoints import CARD_NAME, WEIGHTS_NAME, count_parameters
+    from audiotool.hub import read_config, resolve
 
     resolved = resolve(spec, revision=revision, cache_dir=cache_dir)
     config = read_config(resolved.folder)

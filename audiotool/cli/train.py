@@ -40,10 +40,10 @@ def train(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
+    from audiotool.checkpoints import build_model
     from audiotool.cli._report import progress_bars, setup_logging
     from audiotool.device import resolve_device, set_threads
     from audiotool.errors import UsageError
-    from audiotool.hub import build_model
     from audiotool.training import distributed
     from audiotool.training.adapters import make_adapter
     from audiotool.training.loop import train as run

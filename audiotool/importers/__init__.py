@@ -1,16 +1,26 @@
 """Importers of public checkpoints into audiotool's format.
 
-Each reads a pickle checkpoint with ``torch.load(..., weights_only=True)`` (no code runs), maps
-its keys explicitly and strictly, and writes ``config.json`` + ``model.safetensors``. They are
-run once, by ``audiotool models convert``; pickles are never loaded implicitly.
+Each reads someone else's checkpoint (pickles with ``torch.load(..., weights_only=True)`` or a
+restricted unpickler: no code runs; safetensors as they are), maps its keys explicitly and
+strictly, and yields our format (``config.json`` + ``model.safetensors``). They run once per
+checkpoint: by ``audiotool models convert``, or when :mod:`audiotool.hub` recognises a Hub
+repo or folder in a registered :class:`Layout` (:mod:`audiotool.importers.layouts`) and caches
+the converted copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audiotool.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from audiotool.models._config import ModelConfig
 
 
 def load_pickle_state(path: Path, *, key: str | None = None) -> dict[str, Any]:
@@ -39,3 +49,35 @@ def load_pickle_state(path: Path, *, key: str | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: the checkpoint is not a state dict")
     return data
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportedModel:
+    """A converted model, ready for :func:`audiotool.checkpoints.save_pretrained`.
+
+    Attributes:
+        model: the family's module with the checkpoint's weights loaded strictly.
+        config: its family config.
+        card: README.md text (where it came from, its licence note).
+    """
+
+    model: nn.Module
+    config: ModelConfig
+    card: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One foreign layout (see the module docstring for the contract of each callable).
+
+    Attributes:
+        name: short name, written into the converted folder's ``source.json``.
+        version: bump when ``convert`` changes its output; invalidates converted caches.
+    """
+
+    name: str
+    detect: Callable[[Path, Sequence[str]], bool]
+    needed: Callable[[Sequence[str], str | None], list[str]]
+    convert: Callable[..., ImportedModel]
+    alias: Callable[[str], tuple[str, str | None] | None] | None = None
+    version: int = 1

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from audiotool.errors import CheckpointMismatchError, ModelLoadError, UnsupportedCheckpointError
-from audiotool.importers import load_pickle_state
-from audiotool.importers.layouts import ImportedModel, Layout
+from audiotool.importers import ImportedModel, Layout, load_pickle_state
 from audiotool.models.latent_diffusion import (
     LatentDiffusion,
     LatentDiffusionConfig,
@@ -168,7 +167,7 @@ def convert_audiosr_checkpoint(
 
 def import_audiosr(path: Path, out_dir: Path, *, global_encoder: bool = False) -> Path:
     """Convert an AudioSR checkpoint and write it in audiotool's format to ``out_dir``."""
-    from audiotool.hub import save_pretrained
+    from audiotool.checkpoints import save_pretrained
 
     model, cfg = convert_audiosr_checkpoint(Path(path), global_encoder=global_encoder)
     card = (
@@ -206,7 +205,7 @@ def _needed(files: Sequence[str], file: str | None) -> list[str]:
 
 
 def _convert_layout(folder: Path, *, file: str | None = None) -> ImportedModel:
-    from audiotool.hub import load_state_strict
+    from audiotool.checkpoints import load_state_strict
 
     cfg, state = convert_folder(folder, file=file)
     model = build_model(cfg)

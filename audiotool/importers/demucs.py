@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from audiotool.errors import ConfigError, UnsupportedCheckpointError, WeightMismatchError
-from audiotool.importers.layouts import ImportedModel, Layout
+from audiotool.importers import ImportedModel, Layout
 
 NAMESPACE = "adefossez"
 
@@ -254,7 +254,7 @@ def read_safetensors(path: Path) -> tuple[str, list[Any], dict[str, Any], dict[s
     """``(klass, args, kwargs, state)`` of one demucs safetensors file."""
     from safetensors import safe_open
 
-    from audiotool.hub import safetensors_header
+    from audiotool.checkpoints import safetensors_header
 
     if not path.is_file():
         raise UnsupportedCheckpointError(f"{path}: missing (listed in the bag YAML)")
@@ -394,7 +394,7 @@ def _fill_unused(model: Any, state: dict[str, Any]) -> None:
 
 
 def _build_and_load(cfg: Any, state: dict[str, Any], where: str) -> Any:
-    from audiotool.hub import load_state_strict
+    from audiotool.checkpoints import load_state_strict
     from audiotool.models import hdemucs, htdemucs
 
     if cfg.family == "hdemucs":

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from audiotool.checkpoints import load_state_strict
 from audiotool.errors import ModelLoadError, WeightMismatchError
-from audiotool.hub import load_state_strict
 from audiotool.importers import load_pickle_state
 from audiotool.models.hdemucs import PREFIX, PRESETS, HDemucsConfig, HDemucsSeparator
 
@@ -89,7 +89,7 @@ def convert_hdemucs_checkpoint(
 
 def import_hdemucs(path: Path, out_dir: Path, *, sources: tuple[str, ...] | None = None) -> Path:
     """Convert and write our format (config.json + model.safetensors + card)."""
-    from audiotool.hub import save_pretrained
+    from audiotool.checkpoints import save_pretrained
 
     model, cfg = convert_hdemucs_checkpoint(Path(path), sources=sources)
     card = (

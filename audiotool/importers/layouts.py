@@ -26,47 +26,12 @@ This module does not import torch; layouts are loaded lazily.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from torch import nn
+from audiotool.importers import ImportedModel, Layout
 
-    from audiotool.models._config import ModelConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class ImportedModel:
-    """A converted model, ready for :func:`audiotool.hub.save_pretrained`.
-
-    Attributes:
-        model: the family's module with the checkpoint's weights loaded strictly.
-        config: its family config.
-        card: README.md text (where it came from, its licence note).
-    """
-
-    model: nn.Module
-    config: ModelConfig
-    card: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """One foreign layout (see the module docstring for the contract of each callable).
-
-    Attributes:
-        name: short name, written into the converted folder's ``source.json``.
-        version: bump when ``convert`` changes its output; invalidates converted caches.
-    """
-
-    name: str
-    detect: Callable[[Path, Sequence[str]], bool]
-    needed: Callable[[Sequence[str], str | None], list[str]]
-    convert: Callable[..., ImportedModel]
-    alias: Callable[[str], tuple[str, str | None] | None] | None = None
-    version: int = 1
+__all__ = ["ImportedModel", "Layout", "find_layout", "layouts", "resolve_alias"]
 
 
 def _demucs() -> Layout:

@@ -38,8 +38,7 @@ from audiotool.errors import (
     UsageError,
     WeightMismatchError,
 )
-from audiotool.importers import load_pickle_state
-from audiotool.importers.layouts import ImportedModel, Layout
+from audiotool.importers import ImportedModel, Layout, load_pickle_state
 from audiotool.models.roformer import RoformerConfig, build_model
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pth")
@@ -288,7 +287,7 @@ def convert(ckpt: Path, config_yaml: Path) -> tuple[RoformerConfig, dict[str, Te
             model = build_model(cfg)
     except ConfigError as exc:  # e.g. bands that do not cover the STFT bins
         raise UnsupportedCheckpointError(f"{config_yaml}: {exc.message}", hint=exc.hint) from exc
-    from audiotool.hub import check_state_dict
+    from audiotool.checkpoints import check_state_dict
 
     try:
         check_state_dict(model, state, source=f"{ckpt} with {config_yaml.name}")
@@ -305,7 +304,7 @@ def convert(ckpt: Path, config_yaml: Path) -> tuple[RoformerConfig, dict[str, Te
 
 def import_roformer(ckpt: Path, config_yaml: Path, out_dir: Path) -> Path:
     """Convert and write our format (config.json + model.safetensors + README.md card)."""
-    from audiotool.hub import load_state_strict, save_pretrained
+    from audiotool.checkpoints import load_state_strict, save_pretrained
 
     cfg, state = convert(ckpt, config_yaml)
     model = build_model(cfg)
@@ -455,7 +454,7 @@ def _needed(files: Sequence[str], file: str | None) -> list[str]:
 
 
 def _convert_layout(folder: Path, *, file: str | None = None) -> ImportedModel:
-    from audiotool.hub import load_state_strict
+    from audiotool.checkpoints import load_state_strict
 
     cfg, state = convert_folder(folder, file=file)
     model = build_model(cfg)

@@ -494,7 +494,8 @@ def load_encoder_from(model: nn.Module, spec: str) -> None:
         UsageError: the RAE's encoder is not an audio branch, or ``spec`` is not an embed model.
         WeightMismatchError: the sizes differ.
     """
-    from audiotool.hub import load_model, load_state_strict
+    from audiotool.checkpoints import load_state_strict
+    from audiotool.hub import load_model
 
     encoder = getattr(model, "encoder", None)
     if getattr(model, "encoder_kind", None) != "audio_branch" or not isinstance(encoder, nn.Module):

@@ -471,7 +471,7 @@ def export(
     command: str | None,
 ) -> Path:
     """Write the zoo folder: config.json, model.safetensors, README.md card."""
-    from audiotool.hub import save_pretrained
+    from audiotool.checkpoints import save_pretrained
 
     params = sum(p.numel() for p in model.state_dict().values())
     facts = adapter.card_facts()

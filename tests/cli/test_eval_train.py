@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiotool.hub import save_pretrained
+from audiotool.checkpoints import save_pretrained
 from audiotool.models.separation import build_model, tiny_config
 from tests.cli.test_app import run_main
 from tests.test_evaluation import _song, _tone

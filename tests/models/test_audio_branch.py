@@ -107,7 +107,8 @@ def test_contrastive_loss_learns() -> None:
 
 
 def test_round_trip(tmp_path: Path, tiny: torch.nn.Module) -> None:
-    from audiotool.hub import load_model, save_pretrained
+    from audiotool.checkpoints import save_pretrained
+    from audiotool.hub import load_model
 
     save_pretrained(tiny, PRESETS["tiny"](), tmp_path / "m")
     loaded = load_model(str(tmp_path / "m"), task="embed")

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from audiotool.checkpoints import save_pretrained
 from audiotool.errors import InputError
-from audiotool.hub import load_model, save_pretrained
+from audiotool.hub import load_model
 from audiotool.metrics import si_sdr
 from audiotool.models.codec import PRESETS, CodecConfig, build_model, codec_loss
 

@@ -139,7 +139,8 @@ def test_context_batch_one_broadcasts() -> None:
 
 
 def test_tiny_preset_size_and_round_trip(tmp_path: Path) -> None:
-    from audiotool.hub import load_model, save_pretrained
+    from audiotool.checkpoints import save_pretrained
+    from audiotool.hub import load_model
 
     torch.manual_seed(0)
     cfg = tiny_config()

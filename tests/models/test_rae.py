@@ -48,7 +48,8 @@ def test_frozen_encoder_gets_no_gradient() -> None:
 
 
 def test_latent_stats_round_trip(tmp_path: Path) -> None:
-    from audiotool.hub import load_model, save_pretrained
+    from audiotool.checkpoints import save_pretrained
+    from audiotool.hub import load_model
 
     torch.manual_seed(0)
     model = build_model(PRESETS["tiny"]()).eval()

@@ -65,7 +65,7 @@ def test_models_info_does_not_import_torch() -> None:
 
 
 def test_inconsistent_configs_are_config_errors_at_build_time() -> None:
-    from audiotool.hub import build_model
+    from audiotool.checkpoints import build_model
     from audiotool.models.configs import AudioBranchConfig, LatentDiffusionConfig
 
     bad_rates = LatentDiffusionConfig(hifigan_rates=(6, 5, 4, 2, 1))

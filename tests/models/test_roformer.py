@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from audiotool.checkpoints import load_state_strict
 from audiotool.engine.segments import RoformerPlan, run_segments
 from audiotool.errors import ConfigError, EngineError
-from audiotool.hub import load_state_strict
 from audiotool.models.registry import get_family
 from audiotool.models.roformer import RoformerConfig, build_model, tiny_config
 from tests.roformer_reference import HOP, RATE, build_reference, reference_demix

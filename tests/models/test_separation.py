@@ -118,7 +118,8 @@ def test_small_preset_fits_the_zoo_budget() -> None:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    from audiotool.hub import load_model, save_pretrained
+    from audiotool.checkpoints import save_pretrained
+    from audiotool.hub import load_model
 
     torch.manual_seed(0)
     cfg = tiny_config()

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiotool.hub import save_pretrained
+from audiotool.checkpoints import save_pretrained
 from audiotool.models.audio_branch import PRESETS, build_model
 from audiotool.tasks.common import Runtime
 from audiotool.tasks.embed import embed_tensor

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from audiotool.hub import save_pretrained
+from audiotool.checkpoints import save_pretrained
 from audiotool.models.rae import PRESETS, build_model
 from tests.cli.test_app import run_main
 

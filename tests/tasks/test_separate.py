@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 from torch import Tensor, nn
 
+from audiotool.checkpoints import save_pretrained
 from audiotool.errors import UsageError
-from audiotool.hub import save_pretrained
 from audiotool.models.separation import BandSplitConfig, build_model, tiny_config
 from audiotool.tasks.common import Runtime
 from audiotool.tasks.separate import (

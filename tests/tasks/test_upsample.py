@@ -121,7 +121,7 @@ def test_explicit_cutoff_and_output_rate(tiny: LatentDiffusion) -> None:
 def test_cli_end_to_end(
     tmp_path: Path, tiny: LatentDiffusion, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from audiotool.hub import save_pretrained
+    from audiotool.checkpoints import save_pretrained
     from tests.cli.test_app import run_main
 
     model_dir = save_pretrained(tiny, tiny_config(), tmp_path / "model")
@@ -190,7 +190,7 @@ def test_cli_end_to_end(
 def test_cli_bad_inputs_keep_going(
     tmp_path: Path, tiny: LatentDiffusion, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from audiotool.hub import save_pretrained
+    from audiotool.checkpoints import save_pretrained
     from tests.cli.test_app import run_main
 
     model_dir = save_pretrained(tiny, tiny_config(), tmp_path / "model")

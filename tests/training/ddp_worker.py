@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from audiotool.hub import build_model
+from audiotool.checkpoints import build_model
 from audiotool.models import registry
 from audiotool.training import distributed
 from audiotool.training.loop import train

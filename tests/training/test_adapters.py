@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from audiotool.checkpoints import build_model, save_pretrained
 from audiotool.errors import ConfigError, UsageError, WeightMismatchError
-from audiotool.hub import build_model, save_pretrained
 from audiotool.models.audio_branch import PRESETS as BRANCH_PRESETS
 from audiotool.models.rae import PRESETS as RAE_PRESETS
 from audiotool.training.adapters import load_encoder_from

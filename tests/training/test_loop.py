@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from audiotool.checkpoints import build_model
 from audiotool.errors import ConfigError, UsageError
-from audiotool.hub import build_model, load_model
+from audiotool.hub import load_model
 from audiotool.training.loop import EMA, train, update_card_eval
 from audiotool.training.recipe import load_recipe, recipe_from_dict
 from tests.training.toy import ToyAdapter, toy_recipe
