@@ -130,3 +130,35 @@ def test_manifest_summary_rejects_non_jsonl(
     assert code == 2 and len(err.strip().splitlines()) == 1
     code, _, err = run_main(["manifest", "summary", str(tmp_path / "none.jsonl")], capsys)
     assert code == 2
+
+
+@pytest.mark.parametrize("scale", [["--engine", "ray"], ["--manifest", "{m}", "--resume"]])
+@pytest.mark.parametrize(
+    "command",
+    [["embed", "-o", "{out}/all.npz"], ["reconstruct", "--latents", "{out}/l.safetensors"]],
+)
+def test_one_file_for_every_input_is_refused_at_scale(
+    command: list[str],
+    scale: list[str],
+    clips: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if "ray" in scale:
+        pytest.importorskip("ray")
+    out = tmp_path / "out"
+
+    def fill(items: list[str]) -> list[str]:
+        return [
+            a.replace("{out}", str(out)).replace("{m}", str(tmp_path / "m.jsonl")) for a in items
+        ]
+
+    args = fill(command)
+    if command[0] == "reconstruct":
+        args += ["-o", str(out)]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run_main([args[0], str(clips), *args[1:], *fill(scale)], capsys)
+    assert code == 2, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "collects every input" in lines[0], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
