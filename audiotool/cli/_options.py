@@ -280,6 +280,7 @@ ResumeOpt = Annotated[
         help="With --manifest: skip inputs it records as done with the same output-changing "
         "options (and unchanged input, outputs present); redo the rest, replacing their outputs.",
         rich_help_panel=SCALE,
+        metavar=FLAG,
     ),
 ]
 
