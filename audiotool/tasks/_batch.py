@@ -264,11 +264,13 @@ class BatchPlan:
     items: list[WorkItem]
     problems: list[tuple[str, AudiotoolError]] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
+    #: inputs of the batch that other shards process (never written over either)
+    others: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def inputs(self) -> list[Path]:
-        """Every input (never written over)."""
-        return [item.input for item in self.items]
+        """Every input of the batch, this shard's and the others' (never written over)."""
+        return [item.input for item in self.items] + self.others
 
     @property
     def to_run(self) -> list[WorkItem]:
@@ -288,6 +290,7 @@ class BatchPlan:
             [i for i in self.items if shard.owns(i.key)],
             [(name, e) for name, e in self.problems if shard.owns(name)],
             [name for name in self.ignored if shard.owns(name)],
+            [i.input for i in self.items if not shard.owns(i.key)] + self.others,
         )
 
 

@@ -162,6 +162,10 @@ def test_shards_plan_outputs_over_the_whole_batch(
     planner = output_planner(
         inputs, output, default_template="{parent}.{ext}", default_dir=tmp_path
     )
+    plan = plan_batch("t", inputs, lambda p: {"a": planner.path_for(p, ext="wav")}, output=output)
+    parts = [plan.for_shard(Shard(i, 3)) for i in range(3)]
+    assert sorted(i.input for part in parts for i in part.items) == sorted(paths)
+    assert all(sorted(part.inputs) == sorted(paths) for part in parts)  # all protected
     manifest = tmp_path / "m.jsonl"
     seen: list[str] = []
     for i in range(3):
