@@ -55,11 +55,20 @@ class ExpandedInputs:
             audio); the batch reports them as failures and goes on with the rest.
         ignored: named files whose extension is not an audio one (``README.md``, ``cover.jpg``
             matched by a shell glob): skipped with a note, like such files inside folders.
+        keys: each file's path relative to its root (the folder it was found in, or the path
+            as given for a file named directly), in POSIX form; the stable name that
+            :mod:`audiotool.shards` hashes, the same on every machine that mounts the data
+            elsewhere.
     """
 
     files: list[Path] = field(default_factory=list)
     problems: list[tuple[str, InputError]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    keys: dict[Path, str] = field(default_factory=dict)
+
+    def key(self, path: Path) -> str:
+        """The shard key of ``path`` (its POSIX path when it was not expanded here)."""
+        return self.keys.get(path, path.as_posix())
 
 
 def is_audio_path(path: Path) -> bool:
@@ -85,11 +94,12 @@ def expand_inputs(items: Sequence[str], *, stdin: TextIO | None = None) -> Expan
     result = ExpandedInputs()
     seen: set[Path] = set()
 
-    def add(path: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
+    def add(path: Path, key: str) -> None:
+        resolved = path.resolve()
+        if resolved not in seen:
+            seen.add(resolved)
             result.files.append(path)
+            result.keys[path] = key
 
     for item in _items_with_stdin(items, stdin):
         path = Path(item).expanduser()
@@ -108,10 +118,10 @@ def expand_inputs(items: Sequence[str], *, stdin: TextIO | None = None) -> Expan
                     )
                 )
             for p in found:
-                add(p)
+                add(p, p.relative_to(path).as_posix())
         elif path.exists():
             if is_audio_path(path):
-                add(path)
+                add(path, path.as_posix())
             else:
                 result.ignored.append(item)
         else:
@@ -469,6 +479,33 @@ def atomic_outputs(
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
+
+
+#: tempfile's random part of a temporary name: 8 characters of ``[a-z0-9_]``
+_TMP_RANDOM = "[a-z0-9_]" * 8
+
+
+def temporary_pattern(target: Path) -> str:
+    """Glob pattern of the temporary files :func:`atomic_outputs` makes for ``target``
+    (``.{stem}.XXXXXXXX.tmp{suffix}`` beside it, see :func:`_temporary`)."""
+    import glob
+
+    return f".{glob.escape(target.stem)}.{_TMP_RANDOM}.tmp{glob.escape(target.suffix)}"
+
+
+def remove_stale_temporaries(target: Path) -> int:
+    """Delete temporaries of ``target`` left by a killed run; returns how many were removed.
+
+    Only call this for an output no other live process is writing (e.g. an input this
+    process owns under ``--resume``).
+    """
+    removed = 0
+    if target.parent.is_dir():
+        for tmp in target.parent.glob(temporary_pattern(target)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def _temporary(target: Path) -> Path:

@@ -43,6 +43,7 @@ def _bash_lines() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # join continued lines
         for ln in block.splitlines():
             ln = ln.split(" #")[0].strip()
             if ln:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from audiotool.tasks._batch import OutputOptions, RuntimeOptions
+from audiotool.tasks._batch import OutputOptions, RuntimeOptions, ScaleOptions
 
 IO = "Input / output"
 RUN = "Compute"
@@ -252,3 +252,122 @@ def runtime_options(
         seed=seed,
         threads=threads,
     )
+
+
+SCALE = "At scale"
+
+ShardOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--shard",
+        help="Process only shard I of N (I/N, from 0), a stable split by the path below each "
+        "input folder; 'auto' takes it from torchrun (RANK/WORLD_SIZE) or a SLURM array.",
+        rich_help_panel=SCALE,
+    ),
+]
+ManifestOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--manifest",
+        help="Append one JSON line per finished input to this file (safe for many processes).",
+        rich_help_panel=SCALE,
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="With --manifest: skip inputs it records as done with the same output-changing "
+        "options (and unchanged input, outputs present); redo the rest, replacing their outputs.",
+        rich_help_panel=SCALE,
+        metavar=FLAG,
+    ),
+]
+
+
+class EngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    EngineChoice,
+    typer.Option(
+        "--engine",
+        help="Run here (local) or on a Ray cluster (ray; pip install 'audiotool[ray]').",
+        rich_help_panel=SCALE,
+    ),
+]
+RayAddressOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster address (e.g. auto, ray://head:10001); default: RAY_ADDRESS or local.",
+        rich_help_panel=SCALE,
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers", min=1, help="Ray workers (each loads the model once).", rich_help_panel=SCALE
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option("--gpus-per-worker", min=0.0, help="GPUs per Ray worker.", rich_help_panel=SCALE),
+]
+CpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option("--cpus-per-worker", min=0.01, help="CPUs per Ray worker.", rich_help_panel=SCALE),
+]
+
+
+def scale_options(
+    *,
+    shard: str | None,
+    manifest: Path | None,
+    resume: bool,
+    engine: EngineChoice = EngineChoice.local,
+    ray_address: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+) -> ScaleOptions:
+    """Bundle and check the sharding / manifest / engine options (before any model loads)."""
+    from audiotool.errors import UsageError
+    from audiotool.runners.ray import RayOptions, require_ray
+    from audiotool.shards import parse_shard
+
+    ray_given = ray_address is not None or workers != 1 or gpus_per_worker or cpus_per_worker != 1
+    if engine is not EngineChoice.ray and ray_given:
+        raise UsageError(
+            "--ray-address / --workers / --gpus-per-worker / --cpus-per-worker need --engine ray"
+        )
+    if manifest is not None and manifest.suffix.lower() != ".jsonl":
+        raise UsageError(f"--manifest must name a .jsonl file, got {manifest}")
+    if engine is EngineChoice.ray:
+        require_ray()
+    return ScaleOptions(
+        shard=parse_shard(shard),
+        manifest=manifest,
+        resume=resume,
+        engine=engine.value,
+        ray=RayOptions(
+            address=ray_address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+        )
+        if engine is EngineChoice.ray
+        else None,
+    )
+
+
+def scaled_runtime(runtime: RuntimeOptions, scale: ScaleOptions) -> RuntimeOptions:
+    """Under torchrun, ``--device auto`` becomes ``cuda:LOCAL_RANK`` (one GPU per process)."""
+    import dataclasses
+
+    from audiotool.shards import auto_device
+
+    device = auto_device(runtime.device, scale.shard)
+    return dataclasses.replace(runtime, device=device) if device != runtime.device else runtime

@@ -18,6 +18,7 @@ from audiotool.cli import (
     embed,
     evaluate,
     info,
+    manifest,
     models,
     reconstruct,
     separate,
@@ -67,6 +68,7 @@ app.command("train", help=train.HELP, epilog=train.EPILOG)(train.train)
 app.add_typer(models.app, name="models")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(data.app, name="data")
+app.add_typer(manifest.app, name="manifest")
 
 
 # --------------------------------------------------------------------------- error boundary

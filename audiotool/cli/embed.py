@@ -10,24 +10,35 @@ import typer
 from audiotool.cli._options import (
     FLAG,
     BatchSizeOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
     EmbedFormatChoice,
+    EngineChoice,
+    EngineOpt,
     FailFastOpt,
     FilenameOpt,
+    GpusPerWorkerOpt,
     InputsArg,
     JsonOpt,
+    ManifestOpt,
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
     PrecisionChoice,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
+    ResumeOpt,
     RevisionOpt,
     SeedOpt,
+    ShardOpt,
     SkipExistingOpt,
     ThreadsOpt,
+    WorkersOpt,
     output_options,
     runtime_options,
+    scale_options,
+    scaled_runtime,
 )
 
 HELP = (
@@ -64,6 +75,14 @@ def embed(
     overwrite: OverwriteOpt = False,
     skip_existing: SkipExistingOpt = False,
     fail_fast: FailFastOpt = False,
+    shard: ShardOpt = None,
+    manifest: ManifestOpt = None,
+    resume: ResumeOpt = False,
+    engine: EngineOpt = EngineChoice.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -82,6 +101,17 @@ def embed(
     rt = runtime_options(
         device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
     )
+    scale = scale_options(
+        shard=shard,
+        manifest=manifest,
+        resume=resume,
+        engine=engine,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+    )
+    rt = scaled_runtime(rt, scale)
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(
         "embed",
@@ -94,6 +124,7 @@ def embed(
             output=out,
             runtime=rt,
             progress=bars,
+            scale=scale,
         ),
         as_json=as_json,
         quiet=quiet,

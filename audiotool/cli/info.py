@@ -6,7 +6,22 @@ import sys
 
 import typer
 
-from audiotool.cli._options import FailFastOpt, InputsArg, JsonOpt, QuietOpt
+from audiotool.cli._options import (
+    CpusPerWorkerOpt,
+    EngineChoice,
+    EngineOpt,
+    FailFastOpt,
+    GpusPerWorkerOpt,
+    InputsArg,
+    JsonOpt,
+    ManifestOpt,
+    QuietOpt,
+    RayAddressOpt,
+    ResumeOpt,
+    ShardOpt,
+    WorkersOpt,
+    scale_options,
+)
 
 HELP = (
     "Show rate, channels, duration, sample format, peak / RMS level and the effective "
@@ -16,7 +31,8 @@ EPILOG = (
     "Examples:\n\n"
     "  audiotool info song.flac\n\n"
     "  audiotool info recordings/ --json > info.json\n\n"
-    "  find . -name '*.wav' | audiotool info -"
+    "  find . -name '*.wav' | audiotool info -\n\n"
+    "  audiotool info corpus/ --shard 3/8 --manifest info-3.jsonl --json"
 )
 
 
@@ -25,16 +41,34 @@ def info(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     fail_fast: FailFastOpt = False,
+    shard: ShardOpt = None,
+    manifest: ManifestOpt = None,
+    resume: ResumeOpt = False,
+    engine: EngineOpt = EngineChoice.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
 ) -> None:
     from audiotool.cli._report import print_rows, print_summary, run_reported, setup_logging
     from audiotool.paths import expand_inputs
     from audiotool.tasks.info import info_batch
 
     setup_logging(quiet=quiet)
+    scale = scale_options(
+        shard=shard,
+        manifest=manifest,
+        resume=resume,
+        engine=engine,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+    )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(
         "info",
-        lambda bars: info_batch(expanded, fail_fast=fail_fast, progress=bars),
+        lambda bars: info_batch(expanded, fail_fast=fail_fast, progress=bars, scale=scale),
         as_json=as_json,
         quiet=quiet,
         bars=False,

@@ -15,24 +15,35 @@ from audiotool.cli._options import (
     ChunkSecondsOpt,
     ClipChoice,
     ClipOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
+    EngineChoice,
+    EngineOpt,
     FailFastOpt,
     FilenameOpt,
     FormatOpt,
+    GpusPerWorkerOpt,
     InputsArg,
     JsonOpt,
+    ManifestOpt,
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
     PrecisionChoice,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
+    ResumeOpt,
     RevisionOpt,
     SeedOpt,
+    ShardOpt,
     SkipExistingOpt,
     ThreadsOpt,
+    WorkersOpt,
     output_options,
     runtime_options,
+    scale_options,
+    scaled_runtime,
 )
 
 HELP = (
@@ -70,6 +81,14 @@ def reconstruct(
     overwrite: OverwriteOpt = False,
     skip_existing: SkipExistingOpt = False,
     fail_fast: FailFastOpt = False,
+    shard: ShardOpt = None,
+    manifest: ManifestOpt = None,
+    resume: ResumeOpt = False,
+    engine: EngineOpt = EngineChoice.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,6 +110,17 @@ def reconstruct(
     rt = runtime_options(
         device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
     )
+    scale = scale_options(
+        shard=shard,
+        manifest=manifest,
+        resume=resume,
+        engine=engine,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+    )
+    rt = scaled_runtime(rt, scale)
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(
         "reconstruct",
@@ -103,6 +133,7 @@ def reconstruct(
             output=out,
             runtime=rt,
             progress=bars,
+            scale=scale,
         ),
         as_json=as_json,
         quiet=quiet,

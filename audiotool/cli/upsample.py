@@ -16,24 +16,35 @@ from audiotool.cli._options import (
     ChunkSecondsOpt,
     ClipChoice,
     ClipOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
+    EngineChoice,
+    EngineOpt,
     FailFastOpt,
     FilenameOpt,
     FormatOpt,
+    GpusPerWorkerOpt,
     InputsArg,
     JsonOpt,
+    ManifestOpt,
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
     PrecisionChoice,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
+    ResumeOpt,
     RevisionOpt,
     SeedOpt,
+    ShardOpt,
     SkipExistingOpt,
     ThreadsOpt,
+    WorkersOpt,
     output_options,
     runtime_options,
+    scale_options,
+    scaled_runtime,
 )
 from audiotool.errors import UsageError
 
@@ -126,6 +137,14 @@ def upsample(
     overwrite: OverwriteOpt = False,
     skip_existing: SkipExistingOpt = False,
     fail_fast: FailFastOpt = False,
+    shard: ShardOpt = None,
+    manifest: ManifestOpt = None,
+    resume: ResumeOpt = False,
+    engine: EngineOpt = EngineChoice.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -147,6 +166,17 @@ def upsample(
     rt = runtime_options(
         device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
     )
+    scale = scale_options(
+        shard=shard,
+        manifest=manifest,
+        resume=resume,
+        engine=engine,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+    )
+    rt = scaled_runtime(rt, scale)
     opts = UpsampleOptions(
         steps=steps,
         guidance=guidance,
@@ -168,6 +198,7 @@ def upsample(
             output=out,
             runtime=rt,
             progress=bars,
+            scale=scale,
         ),
         as_json=as_json,
         quiet=quiet,

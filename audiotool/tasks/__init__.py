@@ -4,6 +4,12 @@
 like the CLI does; the ``*_tensor`` functions process one signal in memory.
 """
 
-from audiotool.tasks._batch import BatchReport, FileResult, OutputOptions, RuntimeOptions
+from audiotool.tasks._batch import (
+    BatchReport,
+    FileResult,
+    OutputOptions,
+    RuntimeOptions,
+    ScaleOptions,
+)
 
-__all__ = ["BatchReport", "FileResult", "OutputOptions", "RuntimeOptions"]
+__all__ = ["BatchReport", "FileResult", "OutputOptions", "RuntimeOptions", "ScaleOptions"]

@@ -14,9 +14,16 @@ Two steps, so that shards, a manifest or a distributed runner can sit between th
    stops at the first), a :class:`~audiotool.errors.UsageError` stops the batch, Ctrl-C raises
    :class:`BatchInterrupted` carrying the report of what finished.
 
-:func:`run_files` is both steps with the model loaded lazily in between (``start()`` runs only
-when some item is left to process). A task keeps only what is its own: the names of its
-outputs (``targets_for``) and the processing of one signal.
+:func:`run_files` is both steps with the model loaded lazily in between (``start(progress)``
+runs only when some item is left to process), and the at-scale options
+(:class:`ScaleOptions`) between them: the plan keeps this process's shard
+(:meth:`BatchPlan.for_shard`), ``--resume`` marks the items a manifest records as done
+(:func:`resume_plan`), every finished or failed input is appended to the manifest, and with
+``engine="ray"`` the items run on a Ray cluster (:func:`audiotool.runners.ray.run_on_ray`: each
+worker calls ``start(None)`` once, then :func:`run_item` per item). A task keeps only what is
+its own: the names of its outputs (``targets_for``), the processing of one signal (``start``,
+a picklable factory: a module-level function bound with :func:`functools.partial`) and what
+identifies its outputs (``identity``, see :class:`RunIdentity`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import contextvars
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +43,7 @@ from audiotool.paths import (
     atomic_outputs,
     check_existing,
     check_writable,
+    remove_stale_temporaries,
 )
 from audiotool.progress import NullProgress, Progress
 
@@ -43,6 +51,9 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from audiotool.audio import AudioData, BitDepth, ClipMode
+    from audiotool.manifest import ResumeIndex
+    from audiotool.runners.ray import RayOptions
+    from audiotool.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +109,62 @@ class RuntimeOptions:
     batch_size: int | None = None
     seed: int = 0
     threads: int | None = None
+
+
+Engine = Literal["local", "ray"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleOptions:
+    """How a batch is spread and recorded (shared by every task).
+
+    Attributes:
+        shard: process only this shard of the inputs (``--shard I/N`` / ``auto``).
+        manifest: append one JSON line per finished input to this file.
+        resume: skip inputs whose last manifest line is ``ok`` with the same options digest,
+            unchanged input and existing outputs; redo the others over their old outputs and
+            temporaries (needs ``manifest``).
+        engine: ``local`` (this process) or ``ray`` (:mod:`audiotool.runners.ray`).
+        ray: cluster settings for ``engine="ray"``.
+    """
+
+    shard: Shard | None = None
+    manifest: Path | None = None
+    resume: bool = False
+    engine: Engine = "local"
+    ray: RayOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.resume and self.manifest is None:
+            raise UsageError(
+                "--resume needs --manifest FILE.jsonl",
+                hint="the manifest records which inputs are done and with which options",
+            )
+        if self.engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be one of ['local', 'ray'], got {self.engine!r}")
+
+    @property
+    def collects_per_file(self) -> bool:
+        """True when results must come back to this process one by one and be final: a task
+        that gathers every input into one file (``embed -o x.npz``, ``reconstruct
+        --latents``) cannot run like this (remote workers, or a resumed half of a batch)."""
+        return self.engine == "ray" or self.resume
+
+
+@dataclasses.dataclass(frozen=True)
+class RunIdentity:
+    """What identifies a batch's outputs, for the manifest and ``--resume``.
+
+    Attributes:
+        options: :func:`audiotool.manifest.options_digest` of everything that changes the
+            outputs (task options, model and revision, seed, precision, audio format).
+        model: model id(s).
+        revision: what identifies the weights (Hub commit or a hash of the files).
+    """
+
+    options: str | None = None
+    model: str | None = None
+    revision: str | None = None
 
 
 @dataclasses.dataclass
@@ -174,14 +241,19 @@ class WorkItem:
         input: the input file.
         targets: final output paths by output name (a stem, ``"audio"``, ...); empty for tasks
             that keep results in memory (e.g. one combined file written after the batch).
-        skip: ``--skip-existing`` and every target exists.
+        skip: ``--skip-existing`` and every target exists, or ``resumed``.
         error: found while planning (an output exists); the item is reported, not run.
+        key: the input's path below its root (:attr:`~audiotool.paths.ExpandedInputs.keys`),
+            what shards are assigned by.
+        resumed: ``--resume`` found it done in the manifest (``skip`` is set too).
     """
 
     input: Path
     targets: Mapping[str, Path] = dataclasses.field(default_factory=dict)
     skip: bool = False
     error: AudiotoolError | None = None
+    key: str = ""
+    resumed: bool = False
 
 
 @dataclasses.dataclass
@@ -192,15 +264,34 @@ class BatchPlan:
     items: list[WorkItem]
     problems: list[tuple[str, AudiotoolError]] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
+    #: inputs of the batch that other shards process (never written over either)
+    others: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def inputs(self) -> list[Path]:
-        """Every input (never written over)."""
-        return [item.input for item in self.items]
+        """Every input of the batch, this shard's and the others' (never written over)."""
+        return [item.input for item in self.items] + self.others
 
     @property
     def to_run(self) -> list[WorkItem]:
         return [i for i in self.items if not i.skip and i.error is None]
+
+    def for_shard(self, shard: Shard | None) -> BatchPlan:
+        """The part of the plan that ``shard`` owns (all of it for None or one shard).
+
+        Items go by their key; unusable command-line items (``problems``, ``ignored``) by the
+        item as given, so each is reported by exactly one shard. The outputs were planned over
+        the whole batch, so clashes between shards were found before.
+        """
+        if shard is None or shard.count == 1:
+            return self
+        return BatchPlan(
+            self.task,
+            [i for i in self.items if shard.owns(i.key)],
+            [(name, e) for name, e in self.problems if shard.owns(name)],
+            [name for name in self.ignored if shard.owns(name)],
+            [i.input for i in self.items if not shard.owns(i.key)] + self.others,
+        )
 
 
 TargetsFn = Callable[[Path], Mapping[str, Path]]
@@ -247,9 +338,9 @@ def plan_batch(
                 targets.values(), overwrite=output.overwrite, skip_existing=output.skip_existing
             )
         except AudiotoolError as exc:
-            items.append(WorkItem(path, targets, error=exc))
+            items.append(WorkItem(path, targets, error=exc, key=inputs.key(path)))
             continue
-        items.append(WorkItem(path, targets, skip=skip))
+        items.append(WorkItem(path, targets, skip=skip, key=inputs.key(path)))
     return BatchPlan(task, items, list(inputs.problems), list(inputs.ignored))
 
 
@@ -275,6 +366,12 @@ class Produced:
 
 
 ProcessFn = Callable[[WorkItem, "AudioData"], Produced]
+#: builds a task's ``process`` (loads the model); gets the progress sink for per-file bars
+#: (None in a remote worker). Must be picklable for ``engine="ray"``: a module-level function
+#: bound with :func:`functools.partial` to picklable arguments.
+StartFn = Callable[["Progress | None"], ProcessFn]
+#: called with each finished or failed result (the manifest)
+ResultHook = Callable[[FileResult, WorkItem | None], None]
 
 #: the input being processed (log records name it, see :class:`FileLogFilter`)
 current_input: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -314,7 +411,8 @@ def run_item(
             input=str(item.input),
             status="skipped",
             outputs=[str(t) for t in item.targets.values()],
-            note="outputs exist",
+            note="done (manifest)" if item.resumed else "outputs exist",
+            details={"resumed": True} if item.resumed else {},
         )
     token = current_input.set(str(item.input))
     try:
@@ -352,46 +450,93 @@ def execute(
     *,
     output: OutputOptions = OutputOptions(),
     progress: Progress | None = None,
+    on_result: ResultHook | None = None,
 ) -> BatchReport:
-    """Run every item of ``plan`` in order, collecting failures (see the module docstring).
+    """Run every item of ``plan`` in order, here, collecting failures (see the module docstring).
 
     Unexpected exceptions (bugs) are recorded as failures with the exception type, unless
     ``AUDIOTOOL_DEBUG`` is set, in which case they propagate with their traceback.
+
+    Args:
+        on_result: called with every result that is not ``skipped`` (the manifest).
 
     Raises:
         UsageError: raised by ``process`` (an option that cannot work for any file).
         BatchInterrupted: Ctrl-C; carries the report so far.
     """
+    protect = plan.inputs
+
+    def run_here(items: Sequence[WorkItem]) -> Iterator[tuple[int, FileResult]]:
+        for i, item in enumerate(items):
+            yield i, run_one(item, process, output=output, protect=protect)
+
+    return drive(plan, run_here, output=output, progress=progress, on_result=on_result)
+
+
+#: runs items, yields ``(index in items, result)`` in any order
+Runner = Callable[[Sequence[WorkItem]], Iterator[tuple[int, FileResult]]]
+
+
+def drive(
+    plan: BatchPlan,
+    runner: Runner,
+    *,
+    output: OutputOptions = OutputOptions(),
+    progress: Progress | None = None,
+    on_result: ResultHook | None = None,
+) -> BatchReport:
+    """The bookkeeping of :func:`execute` around any ``runner`` (here, or a cluster):
+    expansion problems first, progress, ``--fail-fast``, results in input order, Ctrl-C."""
     progress = progress or NullProgress()
     report = BatchReport(task=plan.task)
+
+    def record(result: FileResult, item: WorkItem | None) -> None:
+        if on_result is not None and result.status != "skipped":
+            on_result(result, item)
+
     for item_name, error in plan.problems:
-        report.results.append(_failure(item_name, error, 0.0))
+        failure = _failure(item_name, error, 0.0)
+        report.results.append(failure)
+        record(failure, None)
     for name in plan.ignored:
         report.results.append(
             FileResult(input=name, status="skipped", note="not an audio file name, skipped")
         )
     if plan.problems and output.fail_fast:
         return report
-    protect = plan.inputs
+    done: dict[int, FileResult] = {}
     progress.start("files", len(plan.items), plan.task)
     try:
-        for i, item in enumerate(plan.items):
-            result = _run_one(item, process, output=output, protect=protect)
-            report.results.append(result)
-            progress.update("files", i + 1)
-            if output.fail_fast and result.status == "failed":
-                break
+        results = runner(plan.items)
+        try:
+            for i, result in results:
+                done[i] = result
+                record(result, plan.items[i])
+                progress.update("files", len(done))
+                if output.fail_fast and result.status == "failed":
+                    break
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
     except KeyboardInterrupt as exc:
+        report.results.extend(done[i] for i in sorted(done))
         report.interrupted = True
         raise BatchInterrupted(report) from exc
     finally:
         progress.end("files")
+    report.results.extend(done[i] for i in sorted(done))
     return report
 
 
-def _run_one(
+def run_one(
     item: WorkItem, process: ProcessFn, *, output: OutputOptions, protect: Sequence[Path]
 ) -> FileResult:
+    """:func:`run_item` timed, a per-file error turned into a ``failed`` result.
+
+    Raises:
+        UsageError: an option that cannot work for any file (stops the batch).
+    """
     t0 = time.perf_counter()
     try:
         result = run_item(item, process, output=output, protect=protect)
@@ -420,16 +565,115 @@ def run_files(
     inputs: ExpandedInputs,
     *,
     targets_for: TargetsFn | None,
-    start: Callable[[], ProcessFn],
+    start: StartFn,
     output: OutputOptions = OutputOptions(),
     progress: Progress | None = None,
     audio_outputs: bool = True,
+    scale: ScaleOptions | None = None,
+    identity: Callable[[], RunIdentity] | None = None,
 ) -> BatchReport:
-    """:func:`plan_batch`, then ``start()`` (load the model) only if something is left to run,
-    then :func:`execute`."""
+    """:func:`plan_batch`, then ``start(progress)`` (load the model) only if something is left
+    to run, then :func:`execute`; with ``scale``, see the module docstring.
+
+    Args:
+        start: builds the process function; picklable for ``engine="ray"`` (:data:`StartFn`).
+        scale: shard, manifest, resume and engine.
+        identity: what identifies the outputs (computed only when a manifest is used; it may
+            hash the weights); None: the task name alone.
+
+    Raises:
+        UsageError: as :func:`plan_batch`, and a manifest that is not one
+            (:class:`~audiotool.manifest.ManifestError`), before anything is written.
+    """
+    from audiotool.manifest import ResumeIndex, optional_writer, read_manifest
+
+    scale = scale or ScaleOptions()
+    output = resume_output(output, scale)
+    index: ResumeIndex | None = None
+    if scale.manifest is not None:  # a file that is not a manifest is refused before any write
+        rows = read_manifest(scale.manifest, missing_ok=True)
+        index = ResumeIndex.from_rows(rows) if scale.resume else None
     plan = plan_batch(task, inputs, targets_for, output=output, audio_outputs=audio_outputs)
-    process: ProcessFn = start() if plan.to_run else _nothing
-    return execute(plan, process, output=output, progress=progress)
+    plan = plan.for_shard(scale.shard)
+    ident = RunIdentity()
+    if scale.manifest is not None:
+        ident = identity() if identity is not None else task_identity(task)
+    if index is not None:
+        plan = resume_plan(plan, index, ident)
+    with optional_writer(scale.manifest) as writer:
+        on_result: ResultHook | None = None
+        if writer is not None:
+            shard = str(scale.shard) if scale.shard is not None else None
+
+            def on_result(result: FileResult, item: WorkItem | None) -> None:
+                assert writer is not None
+                writer.append(_manifest_row(task, result, item, ident, shard))
+
+        if scale.engine == "ray":
+            from audiotool.runners.ray import RayOptions, ray_runner
+
+            runner = ray_runner(
+                start, output=output, protect=plan.inputs, options=scale.ray or RayOptions()
+            )
+            report = drive(plan, runner, output=output, progress=progress, on_result=on_result)
+        else:
+            process: ProcessFn = start(progress) if plan.to_run else no_process
+            report = execute(plan, process, output=output, progress=progress, on_result=on_result)
+    if scale.shard is not None:
+        report.extra["shard"] = str(scale.shard)
+    return report
+
+
+def resume_output(output: OutputOptions, scale: ScaleOptions) -> OutputOptions:
+    """``--resume`` redoes unfinished inputs over their old outputs (unless --skip-existing)."""
+    if scale.resume and not output.skip_existing and not output.overwrite:
+        return dataclasses.replace(output, overwrite=True)
+    return output
+
+
+def task_identity(task: str, **options: object) -> RunIdentity:
+    """The identity of a task run without a model (``info``)."""
+    from audiotool.manifest import options_digest
+
+    return RunIdentity(options=options_digest({"task": task, **options}))
+
+
+def resume_plan(plan: BatchPlan, index: ResumeIndex, identity: RunIdentity) -> BatchPlan:
+    """Mark the items ``index`` records as done with the same options (``--resume``); remove
+    the temporary files a killed run left for the targets of the items that will run again."""
+    items: list[WorkItem] = []
+    for item in plan.items:
+        if identity.options is not None and index.done(
+            item.input, item.targets.values(), identity.options
+        ):
+            item = dataclasses.replace(item, skip=True, error=None, resumed=True)
+        elif not item.skip and item.error is None:
+            for target in item.targets.values():
+                if remove_stale_temporaries(Path(target)):
+                    log.info("removed temporary files of %s left by an interrupted run", target)
+        items.append(item)
+    return dataclasses.replace(plan, items=items)
+
+
+def _manifest_row(
+    task: str, result: FileResult, item: WorkItem | None, ident: RunIdentity, shard: str | None
+) -> Any:
+    from audiotool.manifest import make_row
+
+    return make_row(
+        input=result.input,
+        status=result.status,
+        task=task,
+        outputs=result.outputs,
+        key=item.key if item is not None else None,
+        model=ident.model,
+        revision=ident.revision,
+        options=ident.options,
+        error=result.error,
+        hint=result.hint,
+        seconds=result.seconds,
+        shard=shard,
+    )
 
 
 def output_planner(
@@ -465,7 +709,8 @@ def audio_extension(output: OutputOptions) -> str:
     return "wav"
 
 
-def _nothing(item: WorkItem, audio: AudioData) -> Produced:
+def no_process(item: WorkItem, audio: AudioData) -> Produced:
+    """The process of a plan with nothing to run (its items are skipped or failed)."""
     raise AssertionError(f"{item.input} was planned as skipped")
 
 

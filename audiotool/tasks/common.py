@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from audiotool.progress import NullProgress, Progress
-from audiotool.tasks._batch import DEFAULT_BATCH_ACCELERATOR, DEFAULT_BATCH_CPU, RuntimeOptions
+from audiotool.tasks._batch import (
+    DEFAULT_BATCH_ACCELERATOR,
+    DEFAULT_BATCH_CPU,
+    OutputOptions,
+    RunIdentity,
+    RuntimeOptions,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -98,3 +104,57 @@ def chunk_progress(progress: Progress | None, key: str = "chunks") -> Callable[[
             started = False
 
     return update
+
+
+def model_revision(resolved: ResolvedSpec) -> str:
+    """What identifies the weights, for the manifest.
+
+    Hub models: the commit. Zoo and local models: ``sha256:`` of the ``.json`` and
+    ``.safetensors`` files of the model folder (files over 256 MiB: of their size and
+    modification time instead, to keep start-up fast).
+    """
+    import hashlib
+
+    if resolved.revision:
+        return resolved.revision
+    digest = hashlib.sha256()
+    for path in sorted(resolved.folder.glob("*")):
+        if path.suffix not in (".json", ".safetensors") or not path.is_file():
+            continue
+        st = path.stat()
+        if st.st_size > 256 * 2**20:
+            digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            digest.update(path.name.encode() + path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def run_identity(
+    task: str,
+    models: Sequence[TaskModel],
+    *,
+    output: OutputOptions,
+    runtime: RuntimeOptions,
+    **options: object,
+) -> RunIdentity:
+    """The :class:`~audiotool.tasks._batch.RunIdentity` of a task run: the options digest
+    covers the model(s) and revision(s), seed, precision, audio format and the task's own
+    ``options`` (device, threads and batch size do not change results by design)."""
+    from audiotool.manifest import options_digest
+
+    model = "+".join(m.model_id for m in models) or None
+    revision = "+".join(model_revision(m.resolved) for m in models) or None
+    digest = options_digest(
+        {
+            "task": task,
+            "model": model,
+            "revision": revision,
+            "seed": runtime.seed,
+            "precision": runtime.precision,
+            "bit_depth": output.bit_depth,
+            "clip": output.clip,
+            "format": output.format,
+            **options,
+        }
+    )
+    return RunIdentity(options=digest, model=model, revision=revision)

@@ -9,6 +9,7 @@ bytes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -29,11 +30,18 @@ from audiotool.tasks._batch import (
     ProcessFn,
     Produced,
     RuntimeOptions,
+    ScaleOptions,
     WorkItem,
     output_planner,
     run_files,
 )
-from audiotool.tasks.common import Runtime, chunk_progress, resolve_task_model
+from audiotool.tasks.common import (
+    Runtime,
+    TaskModel,
+    chunk_progress,
+    resolve_task_model,
+    run_identity,
+)
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
@@ -212,6 +220,65 @@ def write_combined(
             tmp.write_bytes(_npz_bytes(arrays))
 
 
+def start_embedder(
+    task_model: TaskModel,
+    fmt: str,
+    pooled_only: bool,
+    runtime: RuntimeOptions,
+    collected: list[tuple[str, Embedding]] | None,
+    progress: Progress | None,
+) -> ProcessFn:
+    """Load the embedder and return the batch's process function (the
+    :data:`~audiotool.tasks._batch.StartFn` of :func:`embed_files`, bound with
+    :func:`functools.partial`; a Ray worker calls it too). With ``collected`` (one combined
+    file) the embeddings are appended there, in this process, instead of written per input."""
+    from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
+
+    rt = Runtime.from_options(runtime)
+    cfg = task_model.config
+    model_id = task_model.model_id
+    net = task_model.load(rt).model
+    assert isinstance(net, AudioBranch) and isinstance(cfg, AudioBranchConfig)
+
+    def process(item: WorkItem, audio: AudioData) -> Produced:
+        emb = embed_tensor(
+            net, cfg, audio.samples, audio.sample_rate, runtime=rt, progress=progress
+        )
+        details = {
+            "segments": int(emb.segments.shape[0]),
+            "dim": int(emb.pooled.shape[0]),
+            "frames": int(emb.frames.shape[0]),
+            "duration": round(audio.duration, 3),
+        }
+        if collected is not None:
+            collected.append((str(item.input), emb))
+            return Produced(details=details)
+
+        def write(tmp: Path) -> None:
+            if fmt == "npz":
+                arrays = _arrays(
+                    emb, model_id=model_id, sample_rate=cfg.sample_rate, pooled_only=pooled_only
+                )
+                tmp.write_bytes(_npz_bytes(arrays))
+            elif fmt == "npy":
+                buf = io.BytesIO()
+                np.save(buf, emb.pooled if pooled_only else emb.segments)
+                tmp.write_bytes(buf.getvalue())
+            else:
+                line = _json_line(
+                    str(item.input),
+                    emb,
+                    model_id=model_id,
+                    sample_rate=cfg.sample_rate,
+                    pooled_only=pooled_only,
+                )
+                tmp.write_text(line + "\n", encoding="utf-8")
+
+        return Produced(files={"embedding": write}, details=details)
+
+    return process
+
+
 def embed_files(
     inputs: ExpandedInputs,
     *,
@@ -222,13 +289,25 @@ def embed_files(
     output: OutputOptions = OutputOptions(),
     runtime: RuntimeOptions = RuntimeOptions(),
     progress: Progress | None = None,
+    scale: ScaleOptions | None = None,
 ) -> BatchReport:
-    """Embed every input: one file per input in a folder, or one combined file (``-o x.npz``)."""
-    from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
+    """Embed every input: one file per input in a folder, or one combined file (``-o x.npz``).
+
+    Raises:
+        UsageError: a combined file with ``--engine ray`` or ``--resume`` (it needs every
+            input here, in one run).
+    """
+    from audiotool.models.audio_branch import AudioBranchConfig
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
     combined = output.output is not None and output.output.suffix.lstrip(".") in FORMATS
+    if combined and scale is not None and scale.collects_per_file:
+        raise UsageError(
+            f"-o {output.output} collects every input in one file: not with --engine ray "
+            "or --resume",
+            hint="give a folder for -o (one embeddings file per input)",
+        )
     planner = output_planner(
         inputs,
         dataclasses.replace(output, output=None) if combined else output,
@@ -254,49 +333,9 @@ def embed_files(
     def targets(path: Path) -> dict[str, Path]:
         return {"embedding": planner.path_for(path, ext=fmt, task="embed")}
 
-    def start() -> ProcessFn:
-        rt = Runtime.from_options(runtime)
-        net = task_model.load(rt).model
-        assert isinstance(net, AudioBranch)
-
-        def process(item: WorkItem, audio: AudioData) -> Produced:
-            emb = embed_tensor(
-                net, cfg, audio.samples, audio.sample_rate, runtime=rt, progress=progress
-            )
-            details = {
-                "segments": int(emb.segments.shape[0]),
-                "dim": int(emb.pooled.shape[0]),
-                "frames": int(emb.frames.shape[0]),
-                "duration": round(audio.duration, 3),
-            }
-            if combined:
-                collected.append((str(item.input), emb))
-                return Produced(details=details)
-
-            def write(tmp: Path) -> None:
-                if fmt == "npz":
-                    arrays = _arrays(
-                        emb, model_id=model_id, sample_rate=cfg.sample_rate, pooled_only=pooled_only
-                    )
-                    tmp.write_bytes(_npz_bytes(arrays))
-                elif fmt == "npy":
-                    buf = io.BytesIO()
-                    np.save(buf, emb.pooled if pooled_only else emb.segments)
-                    tmp.write_bytes(buf.getvalue())
-                else:
-                    line = _json_line(
-                        str(item.input),
-                        emb,
-                        model_id=model_id,
-                        sample_rate=cfg.sample_rate,
-                        pooled_only=pooled_only,
-                    )
-                    tmp.write_text(line + "\n", encoding="utf-8")
-
-            return Produced(files={"embedding": write}, details=details)
-
-        return process
-
+    start = functools.partial(
+        start_embedder, task_model, fmt, pooled_only, runtime, collected if combined else None
+    )
     report = run_files(
         "embed",
         inputs,
@@ -305,6 +344,16 @@ def embed_files(
         output=output,
         progress=progress,
         audio_outputs=False,
+        scale=scale,
+        identity=functools.partial(
+            run_identity,
+            "embed",
+            [task_model],
+            output=output,
+            runtime=runtime,
+            fmt=fmt,
+            pooled_only=pooled_only,
+        ),
     )
     if combined and collected:
         assert output.output is not None

@@ -10,10 +10,11 @@ from audiotool.progress import Progress
 from audiotool.tasks._batch import (
     BatchReport,
     OutputOptions,
+    ProcessFn,
     Produced,
+    ScaleOptions,
     WorkItem,
-    execute,
-    plan_batch,
+    run_files,
 )
 
 if TYPE_CHECKING:
@@ -52,13 +53,29 @@ def describe_audio(audio: AudioData) -> dict[str, Any]:
     }
 
 
+def start_info(progress: Progress | None) -> ProcessFn:
+    """The process function of :func:`info_batch` (no model to load)."""
+    return _describe
+
+
+def _describe(item: WorkItem, audio: AudioData) -> Produced:
+    return Produced(details=describe_audio(audio))
+
+
 def info_batch(
-    inputs: ExpandedInputs, *, fail_fast: bool = False, progress: Progress | None = None
+    inputs: ExpandedInputs,
+    *,
+    fail_fast: bool = False,
+    progress: Progress | None = None,
+    scale: ScaleOptions | None = None,
 ) -> BatchReport:
     """:func:`describe_file` over a batch; unreadable files are reported, not fatal."""
-
-    def process(item: WorkItem, audio: AudioData) -> Produced:
-        return Produced(details=describe_audio(audio))
-
-    plan = plan_batch("info", inputs)
-    return execute(plan, process, output=OutputOptions(fail_fast=fail_fast), progress=progress)
+    return run_files(
+        "info",
+        inputs,
+        targets_for=None,
+        start=start_info,
+        output=OutputOptions(fail_fast=fail_fast),
+        progress=progress,
+        scale=scale,
+    )

@@ -14,6 +14,7 @@ log-mel distance and multi-resolution STFT distance (:mod:`audiotool.metrics`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +30,19 @@ from audiotool.tasks._batch import (
     ProcessFn,
     Produced,
     RuntimeOptions,
+    ScaleOptions,
     WorkItem,
     audio_extension,
     output_planner,
     run_files,
 )
-from audiotool.tasks.common import Runtime, chunk_progress, resolve_task_model
+from audiotool.tasks.common import (
+    Runtime,
+    TaskModel,
+    chunk_progress,
+    resolve_task_model,
+    run_identity,
+)
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
@@ -106,6 +114,47 @@ def reconstruct_tensor(
     return Reconstruction(audio=back, latents=latents.float().cpu(), metrics=metrics)
 
 
+def start_reconstructor(
+    task_model: TaskModel,
+    chunk_seconds: float | None,
+    runtime: RuntimeOptions,
+    latents: dict[str, Tensor] | None,
+    frame_seconds: list[float],
+    progress: Progress | None,
+) -> ProcessFn:
+    """Load the round-trip model and return the batch's process function (the
+    :data:`~audiotool.tasks._batch.StartFn` of :func:`reconstruct_files`, bound with
+    :func:`functools.partial`; a Ray worker calls it too). ``latents`` (when not None) collects
+    each input's latents and ``frame_seconds`` gets the model's seconds per latent frame, in
+    this process."""
+    from audiotool.models.codec import CodecConfig, WaveCodec
+    from audiotool.models.rae import AudioRAE, RAEConfig
+
+    rt = Runtime.from_options(runtime)
+    cfg = task_model.config
+    net = task_model.load(rt).model
+    assert isinstance(net, (AudioRAE, WaveCodec)) and isinstance(cfg, (RAEConfig, CodecConfig))
+    frame_seconds.append(net.frame_samples / cfg.sample_rate)
+
+    def process(item: WorkItem, audio: AudioData) -> Produced:
+        rec = reconstruct_tensor(
+            net,
+            cfg,
+            audio.samples,
+            audio.sample_rate,
+            runtime=rt,
+            progress=progress,
+            chunk_seconds=chunk_seconds,
+            keep_latents=latents is not None,
+        )
+        if latents is not None:
+            latents[str(item.input)] = rec.latents.contiguous()
+        details = {k: round(v, 4) for k, v in rec.metrics.items()}
+        return Produced({"audio": rec.audio}, audio.sample_rate, details=details)
+
+    return process
+
+
 def reconstruct_files(
     inputs: ExpandedInputs,
     *,
@@ -116,12 +165,18 @@ def reconstruct_files(
     output: OutputOptions = OutputOptions(),
     runtime: RuntimeOptions = RuntimeOptions(),
     progress: Progress | None = None,
+    scale: ScaleOptions | None = None,
 ) -> BatchReport:
-    """Round-trip every input and write ``{stem}_reconstruct.wav`` (+ optional latents)."""
+    """Round-trip every input and write ``{stem}_reconstruct.wav`` (+ optional latents).
+
+    Raises:
+        UsageError: ``latents_path`` with ``--engine ray`` or ``--resume`` (the latents of
+            every input go into one file, which needs every input here, in one run).
+    """
     from safetensors.torch import save_file
 
-    from audiotool.models.codec import CodecConfig, WaveCodec
-    from audiotool.models.rae import AudioRAE, RAEConfig
+    from audiotool.models.codec import CodecConfig
+    from audiotool.models.rae import RAEConfig
 
     planner = output_planner(
         inputs, output, default_template=DEFAULT_TEMPLATE, default_dir=Path(".")
@@ -133,6 +188,12 @@ def reconstruct_files(
     if latents_path is not None:
         if latents_path.suffix != ".safetensors":
             raise UsageError("--latents must name a .safetensors file")
+        if scale is not None and scale.collects_per_file:
+            raise UsageError(
+                "--latents collects every input's latents in one file: not with --engine ray "
+                "or --resume",
+                hint="run without --latents, or without --engine ray / --resume",
+            )
         check_writable(latents_path)
     ext = audio_extension(output)
     latents: dict[str, Tensor] = {}
@@ -141,32 +202,30 @@ def reconstruct_files(
     def targets(path: Path) -> dict[str, Path]:
         return {"audio": planner.path_for(path, task="reconstruct", ext=ext)}
 
-    def start() -> ProcessFn:
-        rt = Runtime.from_options(runtime)
-        net = task_model.load(rt).model
-        assert isinstance(net, (AudioRAE, WaveCodec))
-        frame_seconds.append(net.frame_samples / cfg.sample_rate)
-
-        def process(item: WorkItem, audio: AudioData) -> Produced:
-            rec = reconstruct_tensor(
-                net,
-                cfg,
-                audio.samples,
-                audio.sample_rate,
-                runtime=rt,
-                progress=progress,
-                chunk_seconds=chunk_seconds,
-                keep_latents=latents_path is not None,
-            )
-            if latents_path is not None:
-                latents[str(item.input)] = rec.latents.contiguous()
-            details = {k: round(v, 4) for k, v in rec.metrics.items()}
-            return Produced({"audio": rec.audio}, audio.sample_rate, details=details)
-
-        return process
-
+    start = functools.partial(
+        start_reconstructor,
+        task_model,
+        chunk_seconds,
+        runtime,
+        latents if latents_path is not None else None,
+        frame_seconds,
+    )
     report = run_files(
-        "reconstruct", inputs, targets_for=targets, start=start, output=output, progress=progress
+        "reconstruct",
+        inputs,
+        targets_for=targets,
+        start=start,
+        output=output,
+        progress=progress,
+        scale=scale,
+        identity=functools.partial(
+            run_identity,
+            "reconstruct",
+            [task_model],
+            output=output,
+            runtime=runtime,
+            chunk_seconds=chunk_seconds,
+        ),
     )
     if latents_path is not None and latents:
         with atomic_output(latents_path, protect=inputs.files) as tmp:

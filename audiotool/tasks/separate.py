@@ -9,6 +9,7 @@ Outputs keep the input's sample rate and channel count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from audiotool.tasks._batch import (
     ProcessFn,
     Produced,
     RuntimeOptions,
+    ScaleOptions,
     WorkItem,
     output_planner,
     run_files,
@@ -36,6 +38,7 @@ from audiotool.tasks.common import (
     chunk_progress,
     load_task_model,
     resolve_task_model,
+    run_identity,
 )
 
 if TYPE_CHECKING:
@@ -632,6 +635,46 @@ def check_options(
     return chosen + ((residual_name(chosen),) if options.residual else ())
 
 
+def start_separator(
+    members: Sequence[TaskModel],
+    common: tuple[str, ...],
+    chosen: tuple[str, ...],
+    options: SeparateOptions,
+    runtime: RuntimeOptions,
+    progress: Progress | None,
+) -> ProcessFn:
+    """Load the separator(s) and return the batch's process function (the
+    :data:`~audiotool.tasks._batch.StartFn` of :func:`separate_files`, bound with
+    :func:`functools.partial`; a Ray worker calls it too)."""
+    rt = Runtime.from_options(runtime)
+    net, run_config = load_separator(members, common, runtime=rt, method=options.ensemble)
+    context_fn = _query_context(run_config, options, rt) if len(members) == 1 else None
+
+    def process(item: WorkItem, audio: AudioData) -> Produced:
+        kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
+        stems = separate_tensor(
+            net,
+            run_config,
+            audio.samples,
+            audio.sample_rate,
+            options=options,
+            runtime=rt,
+            progress=progress,
+            model_kwargs=kwargs,
+        )
+        outputs = {n: stems[n] for n in chosen}
+        if options.residual:
+            outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
+        details = {
+            "stems": list(outputs),
+            "sample_rate": audio.sample_rate,
+            "duration": round(audio.duration, 3),
+        }
+        return Produced(outputs, audio.sample_rate, details=details)
+
+    return process
+
+
 def separate_files(
     inputs: ExpandedInputs,
     *,
@@ -641,6 +684,7 @@ def separate_files(
     output: OutputOptions = OutputOptions(),
     runtime: RuntimeOptions = RuntimeOptions(),
     progress: Progress | None = None,
+    scale: ScaleOptions | None = None,
 ) -> BatchReport:
     """Separate every input file and write its stems (the ``audiotool separate`` command)."""
     planner = output_planner(
@@ -671,37 +715,17 @@ def separate_files(
             for n in names
         }
 
-    def start() -> ProcessFn:
-        rt = Runtime.from_options(runtime)
-        net, run_config = load_separator(members, common, runtime=rt, method=options.ensemble)
-        context_fn = _query_context(run_config, options, rt) if len(members) == 1 else None
-
-        def process(item: WorkItem, audio: AudioData) -> Produced:
-            kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
-            stems = separate_tensor(
-                net,
-                run_config,
-                audio.samples,
-                audio.sample_rate,
-                options=options,
-                runtime=rt,
-                progress=progress,
-                model_kwargs=kwargs,
-            )
-            outputs = {n: stems[n] for n in chosen}
-            if options.residual:
-                outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
-            details = {
-                "stems": list(outputs),
-                "sample_rate": audio.sample_rate,
-                "duration": round(audio.duration, 3),
-            }
-            return Produced(outputs, audio.sample_rate, details=details)
-
-        return process
-
     report = run_files(
-        "separate", inputs, targets_for=targets, start=start, output=output, progress=progress
+        "separate",
+        inputs,
+        targets_for=targets,
+        start=functools.partial(start_separator, members, common, chosen, options, runtime),
+        output=output,
+        progress=progress,
+        scale=scale,
+        identity=functools.partial(
+            run_identity, "separate", members, output=output, runtime=runtime, options=options
+        ),
     )
     report.extra["model"] = model_id
     return report

@@ -30,6 +30,7 @@ size or on which channel a chunk belongs to.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -48,12 +49,19 @@ from audiotool.tasks._batch import (
     ProcessFn,
     Produced,
     RuntimeOptions,
+    ScaleOptions,
     WorkItem,
     audio_extension,
     output_planner,
     run_files,
 )
-from audiotool.tasks.common import Runtime, chunk_progress, resolve_task_model
+from audiotool.tasks.common import (
+    Runtime,
+    TaskModel,
+    chunk_progress,
+    resolve_task_model,
+    run_identity,
+)
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
@@ -365,6 +373,47 @@ def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> No
         )
 
 
+def start_upsampler(
+    task_model: TaskModel,
+    options: UpsampleOptions,
+    runtime: RuntimeOptions,
+    progress: Progress | None,
+) -> ProcessFn:
+    """Load the upsampler and return the batch's process function (the
+    :data:`~audiotool.tasks._batch.StartFn` of :func:`upsample_files`, bound with
+    :func:`functools.partial`; a Ray worker calls it too)."""
+    from audiotool.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+
+    rt = Runtime.from_options(runtime)
+    config = task_model.config
+    net = task_model.load(rt).model
+    assert isinstance(net, LatentDiffusion) and isinstance(config, LatentDiffusionConfig)
+
+    def process(item: WorkItem, audio: AudioData) -> Produced:
+        result = upsample_tensor(
+            net,
+            config,
+            audio.samples,
+            audio.sample_rate,
+            options=options,
+            runtime=rt,
+            progress=progress,
+        )
+        details: dict[str, Any] = {
+            "input_rate": audio.sample_rate,
+            "output_rate": options.output_rate,
+            "channels": audio.channels,
+            "duration": round(audio.duration, 3),
+            "cutoff_hz": round(result.cutoff_hz, 1),
+            "generated": result.generated,
+            "chunks": result.chunks,
+            "limited_db": round(result.limit_db, 2),
+        }
+        return Produced({"audio": result.audio}, options.output_rate, details=details)
+
+    return process
+
+
 def upsample_files(
     inputs: ExpandedInputs,
     *,
@@ -374,9 +423,10 @@ def upsample_files(
     output: OutputOptions = OutputOptions(),
     runtime: RuntimeOptions = RuntimeOptions(),
     progress: Progress | None = None,
+    scale: ScaleOptions | None = None,
 ) -> BatchReport:
     """Upsample every input and write ``{stem}_upsample.wav`` (the ``audiotool upsample`` job)."""
-    from audiotool.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+    from audiotool.models.latent_diffusion import LatentDiffusionConfig
 
     planner = output_planner(
         inputs, output, default_template=DEFAULT_TEMPLATE, default_dir=Path(".")
@@ -391,37 +441,17 @@ def upsample_files(
     def targets(path: Path) -> dict[str, Path]:
         return {"audio": planner.path_for(path, task="upsample", ext=ext)}
 
-    def start() -> ProcessFn:
-        rt = Runtime.from_options(runtime)
-        net = task_model.load(rt).model
-        assert isinstance(net, LatentDiffusion)
-
-        def process(item: WorkItem, audio: AudioData) -> Produced:
-            result = upsample_tensor(
-                net,
-                config,
-                audio.samples,
-                audio.sample_rate,
-                options=options,
-                runtime=rt,
-                progress=progress,
-            )
-            details: dict[str, Any] = {
-                "input_rate": audio.sample_rate,
-                "output_rate": options.output_rate,
-                "channels": audio.channels,
-                "duration": round(audio.duration, 3),
-                "cutoff_hz": round(result.cutoff_hz, 1),
-                "generated": result.generated,
-                "chunks": result.chunks,
-                "limited_db": round(result.limit_db, 2),
-            }
-            return Produced({"audio": result.audio}, options.output_rate, details=details)
-
-        return process
-
     report = run_files(
-        "upsample", inputs, targets_for=targets, start=start, output=output, progress=progress
+        "upsample",
+        inputs,
+        targets_for=targets,
+        start=functools.partial(start_upsampler, task_model, options, runtime),
+        output=output,
+        progress=progress,
+        scale=scale,
+        identity=functools.partial(
+            run_identity, "upsample", [task_model], output=output, runtime=runtime, options=options
+        ),
     )
     report.extra["model"] = task_model.model_id
     return report

@@ -12,11 +12,14 @@ import torch
 from audiotool.audio import AudioData
 from audiotool.errors import EngineError, UsageError
 from audiotool.paths import expand_inputs
+from audiotool.progress import Progress
 from audiotool.tasks._batch import (
     BatchInterrupted,
     OutputOptions,
     ProcessFn,
     Produced,
+    RunIdentity,
+    ScaleOptions,
     WorkItem,
     execute,
     output_planner,
@@ -68,7 +71,7 @@ def test_model_not_loaded_when_everything_is_skipped(
     inputs = expand_inputs([str(p) for p in paths])
     started: list[int] = []
 
-    def start() -> ProcessFn:
+    def start(progress: Progress | None) -> ProcessFn:
         started.append(1)
         return _halves
 
@@ -132,3 +135,92 @@ def test_prepare_and_finish_round_trip() -> None:
     import numpy as np
 
     assert fit_length(np.ones(4), 2).tolist() == [1, 1]
+
+
+# --------------------------------------------------------------------------- at scale
+
+
+def test_shards_plan_outputs_over_the_whole_batch(
+    tmp_path: Path, write_wav: Callable[..., Path]
+) -> None:
+    from audiotool.manifest import read_manifest
+    from audiotool.shards import Shard
+
+    paths = [write_wav(f"in/{i}/x.wav") for i in range(4)]
+    inputs = expand_inputs([str(tmp_path / "in")])
+    output = OutputOptions(output=tmp_path / "out")
+    planner = output_planner(inputs, output, default_template="{stem}.{ext}", default_dir=tmp_path)
+
+    def clash(path: Path) -> dict[str, Path]:
+        return {"a": planner.path_for(path, ext="wav")}  # every input writes out/x.wav
+
+    for i in range(2):  # each shard sees the clash, even with the other input in another shard
+        with pytest.raises(UsageError, match="would both write"):
+            scale = ScaleOptions(shard=Shard(i, 2))
+            run_files("t", inputs, targets_for=clash, start=_start, output=output, scale=scale)
+
+    planner = output_planner(
+        inputs, output, default_template="{parent}.{ext}", default_dir=tmp_path
+    )
+    plan = plan_batch("t", inputs, lambda p: {"a": planner.path_for(p, ext="wav")}, output=output)
+    parts = [plan.for_shard(Shard(i, 3)) for i in range(3)]
+    assert sorted(i.input for part in parts for i in part.items) == sorted(paths)
+    assert all(sorted(part.inputs) == sorted(paths) for part in parts)  # all protected
+    manifest = tmp_path / "m.jsonl"
+    seen: list[str] = []
+    for i in range(3):
+        scale = ScaleOptions(shard=Shard(i, 3), manifest=manifest)
+        report = run_files(
+            "t", inputs, targets_for=lambda p: {"a": planner.path_for(p, ext="wav")},
+            start=_start, output=output, scale=scale,
+        )  # fmt: skip
+        assert report.extra["shard"] == f"{i}/3"
+        seen += [r.input for r in report.results]
+    assert sorted(seen) == sorted(map(str, paths))
+    rows = read_manifest(manifest)
+    assert sorted(r.key or "" for r in rows) == [f"{i}/x.wav" for i in range(4)]
+    assert {r.shard for r in rows} <= {"0/3", "1/3", "2/3"} and len(rows) == 4
+
+
+def _start(progress: Progress | None) -> ProcessFn:
+    return _halves
+
+
+def test_resume_skips_done_removes_temporaries_and_redoes_changed(
+    tmp_path: Path, write_wav: Callable[..., Path]
+) -> None:
+    output, targets, paths = _setup(tmp_path, write_wav, n=3)
+    inputs = expand_inputs([str(p) for p in paths])
+    manifest = tmp_path / "m.jsonl"
+    first = ScaleOptions(manifest=manifest)
+    run_files("t", inputs, targets_for=targets, start=_start, output=output, scale=first)
+    (tmp_path / "out" / "1" / "b.wav").unlink()  # an output lost: input 1 is redone
+    stale = tmp_path / "out" / "1" / ".a.k3x_9zq1.tmp.wav"  # a killed run's temporary
+    other = tmp_path / "out" / "1" / ".a.notmine.wav"
+    stale.write_bytes(b"partial")
+    other.write_bytes(b"keep")
+    resume = ScaleOptions(manifest=manifest, resume=True)
+    started: list[int] = []
+
+    def start(progress: Progress | None) -> ProcessFn:
+        started.append(1)
+        return _halves
+
+    report = run_files("t", inputs, targets_for=targets, start=start, output=output, scale=resume)
+    assert report.counts() == {"ok": 1, "skipped": 2, "failed": 0} and started == [1]
+    assert [r.details.get("resumed", False) for r in report.results] == [True, False, True]
+    assert not stale.exists() and other.exists()
+    # everything done now: the model is not even loaded
+    run_files("t", inputs, targets_for=targets, start=start, output=output, scale=resume)
+    assert started == [1]
+    # another options digest redoes every file, over the old outputs
+    report = run_files(
+        "t", inputs, targets_for=targets, start=start, output=output, scale=resume,
+        identity=lambda: RunIdentity(options="other"),
+    )  # fmt: skip
+    assert report.counts()["ok"] == 3 and started == [1, 1]
+
+
+def test_resume_needs_a_manifest() -> None:
+    with pytest.raises(UsageError, match="--manifest"):
+        ScaleOptions(resume=True)
