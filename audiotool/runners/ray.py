@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from audiotool.errors import UsageError
 
 if TYPE_CHECKING:
-    from audiotool.tasks._batch import FileResult, OutputOptions, Runner, StartFn, WorkItem
+    from audiotool.tasks._items import FileResult, OutputOptions, Runner, StartFn, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ItemWorker:
         import numpy as np
 
         from audiotool.errors import UsageError
-        from audiotool.tasks._batch import WorkItem, run_one
+        from audiotool.tasks._items import WorkItem, run_one
 
         results = []
         for raw in batch["item"]:
@@ -138,7 +138,7 @@ def run_on_ray(
     Raises:
         UsageError: Ray is not installed, or a worker met a usage error (its message).
     """
-    from audiotool.tasks._batch import FileResult
+    from audiotool.tasks._items import FileResult
 
     if not items:
         return
@@ -183,7 +183,7 @@ def ray_runner(
 ) -> Runner:
     """A :data:`~audiotool.tasks._batch.Runner` for :func:`~audiotool.tasks._batch.drive`:
     items planned as skipped or failed are reported here, the rest run on the cluster."""
-    from audiotool.tasks._batch import no_process, run_one
+    from audiotool.tasks._items import no_process, run_one
 
     def run(items: Sequence[WorkItem]) -> Iterator[tuple[int, FileResult]]:
         remote: list[int] = []

@@ -28,87 +28,82 @@ identifies its outputs (``identity``, see :class:`RunIdentity`).
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from audiotool.errors import AudiotoolError, InputError, UsageError, debug_enabled
+from audiotool.errors import AudiotoolError, InputError, UsageError
 from audiotool.paths import (
     ExpandedInputs,
     OutputPlanner,
-    atomic_outputs,
     check_existing,
     check_writable,
     remove_stale_temporaries,
 )
 from audiotool.progress import NullProgress, Progress
+from audiotool.tasks._items import (
+    DEFAULT_BATCH_ACCELERATOR,
+    DEFAULT_BATCH_CPU,
+    FileLogFilter,
+    FileResult,
+    OutputOptions,
+    ProcessFn,
+    Produced,
+    ResultHook,
+    Runner,
+    RuntimeOptions,
+    StartFn,
+    Status,
+    WorkItem,
+    _failure,
+    current_input,
+    no_process,
+    run_item,
+    run_one,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_ACCELERATOR",
+    "DEFAULT_BATCH_CPU",
+    "BatchInterrupted",
+    "BatchPlan",
+    "BatchReport",
+    "FileLogFilter",
+    "FileResult",
+    "OutputOptions",
+    "ProcessFn",
+    "Produced",
+    "ResultHook",
+    "RunIdentity",
+    "Runner",
+    "RuntimeOptions",
+    "ScaleOptions",
+    "StartFn",
+    "Status",
+    "WorkItem",
+    "current_input",
+    "drive",
+    "execute",
+    "no_process",
+    "plan_batch",
+    "run_files",
+    "run_item",
+    "run_one",
+]
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
-    from audiotool.audio import AudioData, BitDepth, ClipMode
     from audiotool.manifest import ResumeIndex
     from audiotool.runners.ray import RayOptions
     from audiotool.shards import Shard
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "skipped", "failed"]
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputOptions:
-    """Where and how outputs are written (shared by every task).
-
-    Attributes:
-        output: ``-o``: a file (one input, one output) or a folder; None = the task's default.
-        filename: ``--filename`` template (fields depend on the task).
-        overwrite: replace existing outputs.
-        skip_existing: leave inputs whose outputs all exist (resume a half-done batch).
-        fail_fast: stop at the first failed input.
-        bit_depth, clip, format: audio output format (see :func:`audiotool.audio.write_audio`).
-    """
-
-    output: Path | None = None
-    filename: str | None = None
-    overwrite: bool = False
-    skip_existing: bool = False
-    fail_fast: bool = False
-    bit_depth: BitDepth = "24"
-    clip: ClipMode = "rescale"
-    format: str | None = None
-
 
 # Measured (benchmarks/RESULTS.md, 2-core CPU): on a CPU, batching chunks is within 1% of one
 # chunk per forward at best and up to 37% slower (HDemucs, batch 4), and it costs memory; on a
 # GPU it is the point.
-DEFAULT_BATCH_CPU = 1
-DEFAULT_BATCH_ACCELERATOR = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeOptions:
-    """How models run (shared by every task).
-
-    Attributes:
-        device: ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (or ``cuda:N``).
-        precision: ``fp32`` | ``fp16`` | ``bf16``.
-        batch_size: chunks per forward pass (halved automatically on out-of-memory); None:
-            :data:`DEFAULT_BATCH_CPU` on the CPU, :data:`DEFAULT_BATCH_ACCELERATOR` elsewhere.
-        seed: seed of every random draw (outputs are deterministic for a seed).
-        threads: torch's CPU threads; None: the CPUs this process may use
-            (:func:`audiotool.device.available_cpus`), or ``OMP_NUM_THREADS`` when set.
-    """
-
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int | None = None
-    seed: int = 0
-    threads: int | None = None
 
 
 Engine = Literal["local", "ray"]
@@ -168,23 +163,6 @@ class RunIdentity:
 
 
 @dataclasses.dataclass
-class FileResult:
-    """What happened to one input."""
-
-    input: str
-    status: Status = "ok"
-    outputs: list[str] = dataclasses.field(default_factory=list)
-    error: str | None = None
-    hint: str | None = None
-    note: str | None = None
-    seconds: float = 0.0
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
 class BatchReport:
     """Results of a batch, in input order."""
 
@@ -231,29 +209,6 @@ class BatchInterrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkItem:
-    """One unit of work: an input and where its outputs go.
-
-    Attributes:
-        input: the input file.
-        targets: final output paths by output name (a stem, ``"audio"``, ...); empty for tasks
-            that keep results in memory (e.g. one combined file written after the batch).
-        skip: ``--skip-existing`` and every target exists, or ``resumed``.
-        error: found while planning (an output exists); the item is reported, not run.
-        key: the input's path below its root (:attr:`~audiotool.paths.ExpandedInputs.keys`),
-            what shards are assigned by.
-        resumed: ``--resume`` found it done in the manifest (``skip`` is set too).
-    """
-
-    input: Path
-    targets: Mapping[str, Path] = dataclasses.field(default_factory=dict)
-    skip: bool = False
-    error: AudiotoolError | None = None
-    key: str = ""
-    resumed: bool = False
 
 
 @dataclasses.dataclass
@@ -347,103 +302,6 @@ def plan_batch(
 # --------------------------------------------------------------------------- running it
 
 
-@dataclasses.dataclass
-class Produced:
-    """What a task made of one input; :func:`run_item` writes it to the item's targets.
-
-    Attributes:
-        audio: ``{output name: (C, T) tensor at sample_rate}``.
-        sample_rate: rate of every ``audio`` entry.
-        files: ``{output name: writer}`` for non-audio outputs; the writer fills the temporary
-            path it is given (it never sees the final path).
-        details: per-file facts for the summary (JSON).
-    """
-
-    audio: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-    sample_rate: int = 0
-    files: dict[str, Callable[[Path], None]] = dataclasses.field(default_factory=dict)
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-ProcessFn = Callable[[WorkItem, "AudioData"], Produced]
-#: builds a task's ``process`` (loads the model); gets the progress sink for per-file bars
-#: (None in a remote worker). Must be picklable for ``engine="ray"``: a module-level function
-#: bound with :func:`functools.partial` to picklable arguments.
-StartFn = Callable[["Progress | None"], ProcessFn]
-#: called with each finished or failed result (the manifest)
-ResultHook = Callable[[FileResult, WorkItem | None], None]
-
-#: the input being processed (log records name it, see :class:`FileLogFilter`)
-current_input: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "audiotool_current_input", default=None
-)
-
-
-class FileLogFilter(logging.Filter):
-    """Prefix log messages emitted while a file is processed with that file's path."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        path = current_input.get()
-        if path and path not in record.getMessage():
-            record.msg = f"{path}: {record.getMessage()}"
-            record.args = None
-        return True
-
-
-def run_item(
-    item: WorkItem,
-    process: ProcessFn,
-    *,
-    output: OutputOptions = OutputOptions(),
-    protect: Sequence[Path] = (),
-) -> FileResult:
-    """Process and write one planned item (the unit a shard or a remote worker runs).
-
-    Raises:
-        AudiotoolError: the file failed (the batch records it); UsageError stops the batch.
-    """
-    from audiotool.audio import read_audio, save_audio
-
-    if item.error is not None:
-        raise item.error
-    if item.skip:
-        return FileResult(
-            input=str(item.input),
-            status="skipped",
-            outputs=[str(t) for t in item.targets.values()],
-            note="done (manifest)" if item.resumed else "outputs exist",
-            details={"resumed": True} if item.resumed else {},
-        )
-    token = current_input.set(str(item.input))
-    try:
-        audio = read_audio(item.input)
-        produced = process(item, audio)
-        with atomic_outputs(item.targets, protect=protect, overwrite=output.overwrite) as tmps:
-            for name, tmp in tmps.items():
-                target = Path(item.targets[name])
-                if name in produced.audio:
-                    save_audio(
-                        tmp,
-                        produced.audio[name],
-                        produced.sample_rate,
-                        bit_depth=output.bit_depth,
-                        clip=output.clip,
-                        fmt=output.format,
-                        name=target,
-                    )
-                elif name in produced.files:
-                    produced.files[name](tmp)
-                else:
-                    raise AssertionError(f"the task produced no output '{name}' for {target}")
-    finally:
-        current_input.reset(token)
-    return FileResult(
-        input=str(item.input),
-        outputs=[str(t) for t in item.targets.values()],
-        details=produced.details,
-    )
-
-
 def execute(
     plan: BatchPlan,
     process: ProcessFn,
@@ -471,10 +329,6 @@ def execute(
             yield i, run_one(item, process, output=output, protect=protect)
 
     return drive(plan, run_here, output=output, progress=progress, on_result=on_result)
-
-
-#: runs items, yields ``(index in items, result)`` in any order
-Runner = Callable[[Sequence[WorkItem]], Iterator[tuple[int, FileResult]]]
 
 
 def drive(
@@ -527,37 +381,6 @@ def drive(
         progress.end("files")
     report.results.extend(done[i] for i in sorted(done))
     return report
-
-
-def run_one(
-    item: WorkItem, process: ProcessFn, *, output: OutputOptions, protect: Sequence[Path]
-) -> FileResult:
-    """:func:`run_item` timed, a per-file error turned into a ``failed`` result.
-
-    Raises:
-        UsageError: an option that cannot work for any file (stops the batch).
-    """
-    t0 = time.perf_counter()
-    try:
-        result = run_item(item, process, output=output, protect=protect)
-    except UsageError:
-        raise
-    except AudiotoolError as exc:
-        log.debug("%s failed", item.input, exc_info=True)
-        return _failure(str(item.input), exc, time.perf_counter() - t0)
-    except Exception as exc:  # a bug: keep the batch going, but say so plainly
-        if debug_enabled():
-            raise
-        log.debug("%s crashed", item.input, exc_info=True)
-        return FileResult(
-            input=str(item.input),
-            status="failed",
-            error=f"{item.input}: internal error {type(exc).__name__}: {exc}",
-            hint="set AUDIOTOOL_DEBUG=1 for the traceback and report it",
-            seconds=round(time.perf_counter() - t0, 3),
-        )
-    result.seconds = round(time.perf_counter() - t0, 3)
-    return result
 
 
 def run_files(
@@ -707,22 +530,6 @@ def audio_extension(output: OutputOptions) -> str:
     if output.output is not None and output.output.suffix and not output.output.is_dir():
         return output.output.suffix.lstrip(".").lower()
     return "wav"
-
-
-def no_process(item: WorkItem, audio: AudioData) -> Produced:
-    """The process of a plan with nothing to run (its items are skipped or failed)."""
-    raise AssertionError(f"{item.input} was planned as skipped")
-
-
-def _failure(item: str, error: AudiotoolError, seconds: float) -> FileResult:
-    message = error.message if item in error.message else f"{item}: {error.message}"
-    return FileResult(
-        input=item,
-        status="failed",
-        error=message,
-        hint=error.hint,
-        seconds=round(seconds, 3),
-    )
 
 
 def ensure_inputs(inputs: ExpandedInputs) -> None:
