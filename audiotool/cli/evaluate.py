@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from audiotool.cli._options import Device, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RevisionOpt
+from audiotool.cli.upsample import SamplerOpt, SpacingOpt, StepsOpt
 
 app = typer.Typer(
     help="Measure quality on real recordings, beside baselines.",
@@ -18,7 +19,6 @@ app = typer.Typer(
 )
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder of reference recordings.")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DDIM steps.")]  # noqa: UP045
 
 
 def _report(result: dict[str, Any], as_json: bool, per_file: bool) -> None:
@@ -32,6 +32,42 @@ def _report(result: dict[str, Any], as_json: bool, per_file: bool) -> None:
     print_rows(header, rows)
 
 
+def _is_terminal() -> bool:
+    from audiotool.cli._report import stderr
+
+    return bool(stderr.is_terminal)
+
+
+class _FileLines:
+    """Progress as one stderr line per finished file with elapsed time and ETA (for logs)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+
+    def start(self, key: str, total: int | None, description: str = "") -> None:
+        if key == "files":
+            self._t0 = self._clock()
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        if key != "files" or not completed:
+            return
+        spent = self._clock() - self._t0
+        left = spent / completed * ((total or completed) - completed)
+        sys.stderr.write(f"file {completed}/{total}: {spent:.0f} s elapsed, ETA {_hms(left)}\n")
+        sys.stderr.flush()
+
+    def end(self, key: str) -> None:
+        return None
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def _runtime(device: Device) -> Any:
     from audiotool.tasks._batch import RuntimeOptions
     from audiotool.tasks.common import Runtime
@@ -41,8 +77,9 @@ def _runtime(device: Device) -> Any:
 
 @app.command(
     "upsample",
-    epilog="Example:\n\n  audiotool eval upsample --data refs/ "
-    "--input-rate 16000 --json > eval.json",
+    epilog="Examples:\n\n  audiotool eval upsample --data refs/ "
+    "--input-rate 16000 --json > eval.json\n\n"
+    "  audiotool eval upsample --data refs/ --limit 10 --sampler ddim --steps 50",
 )
 def eval_upsample(
     data: DataOpt,
@@ -50,6 +87,14 @@ def eval_upsample(
     revision: RevisionOpt = None,
     input_rate: Annotated[int, typer.Option("--input-rate", help="8000|12000|16000|24000")] = 16000,
     steps: StepsOpt = None,
+    sampler: SamplerOpt = None,
+    spacing: SpacingOpt = None,
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--limit", min=1, help="Score N references spread evenly over the sorted list."
+        ),
+    ] = None,
     no_model: Annotated[
         bool, typer.Option("--no-model", help="Only the input and baseline rows.")
     ] = False,
@@ -58,8 +103,12 @@ def eval_upsample(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """LSD (full, HF, LF) and SI-SDR at 48 kHz of the model, the degraded input and SBR."""
-    from audiotool.cli._report import setup_logging
+    """LSD (full, HF, LF) and SI-SDR at 48 kHz of the model, the degraded input and SBR.
+
+    Progress (file i/N, elapsed, ETA) goes to stderr: bars on a terminal, one line per file
+    otherwise (--quiet silences both).
+    """
+    from audiotool.cli._report import progress_bars, setup_logging
     from audiotool.errors import UsageError
     from audiotool.evaluation import evaluate_upsample
 
@@ -73,11 +122,20 @@ def eval_upsample(
 
         rt = _runtime(device)
         loaded: Any = load_task_model(model, "upsample", revision=revision, runtime=rt)
-        opts = UpsampleOptions(steps=steps, cutoff=0.95 * input_rate / 2)
+        opts = UpsampleOptions(
+            steps=steps,
+            sampler=sampler.value if sampler else None,
+            spacing=spacing.value if spacing else None,
+            cutoff=0.95 * input_rate / 2,
+        )
         systems["model"] = lambda x, sr: (
             upsample_tensor(loaded.model, loaded.config, x, sr, options=opts, runtime=rt).audio
         )
-    result = evaluate_upsample(data, systems=systems, input_rate=input_rate)
+    with progress_bars(quiet=quiet) as bars:
+        shown = bars if quiet or _is_terminal() else _FileLines()
+        result = evaluate_upsample(
+            data, systems=systems, input_rate=input_rate, limit=limit, progress=shown
+        )
     _report(result, as_json, per_file)
 
 

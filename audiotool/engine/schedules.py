@@ -13,17 +13,20 @@ from audiotool.errors import EngineError
 Spacing = Literal["uniform", "trailing", "linspace"]
 
 
-def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008) -> Tensor:
+def cosine_alphas_cumprod(
+    num_steps: int = 1000, s: float = 0.008, *, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """ᾱ_t of the cosine schedule (Nichol & Dhariwal 2021, eq. 17), AudioSR-exact.
 
-    Computed in float64 and returned as float32, without clipping β (so β_{T-1} = 1 and
-    ᾱ_{T-1} = 0 exactly, as the AudioSR checkpoint's buffers hold); ``(num_steps,)``.
+    Computed in float64 and returned as ``dtype`` (float32 = the AudioSR checkpoint's buffers;
+    float64 keeps 1 − ᾱ exact near t = 0, where float32 loses ~1e-3 of it), without clipping β
+    (so β_{T-1} = 1 and ᾱ_{T-1} = 0 exactly); ``(num_steps,)``.
     """
     t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps + s
     f = torch.cos(t / (1 + s) * math.pi / 2) ** 2
     f = f / f[0]
     betas = 1 - f[1:] / f[:-1]
-    return torch.cumprod(1 - betas, dim=0).float()
+    return torch.cumprod(1 - betas, dim=0).to(dtype)
 
 
 def ddim_timesteps(
@@ -51,3 +54,49 @@ def ddim_timesteps(
         raise EngineError(f"spacing must be one of uniform/trailing/linspace, got {spacing!r}")
     steps = torch.unique(steps.long())  # sorted ascending, no repeated step (e.g. S == T)
     return steps.flip(0)
+
+
+def logsnr_timesteps(
+    num_inference_steps: int, alphas_cumprod: Tensor, *, t_max: int | None = None, t_min: int = 1
+) -> Tensor:
+    """Timesteps uniform in log-SNR λ = ½ log(ᾱ / (1 − ᾱ)) (DPM-Solver's "logSNR" spacing,
+    Lu et al. 2022, sec. 3.4), DESCENDING, ``(S,)`` int64.
+
+    Node ``i`` is the training step whose λ is nearest to the ``i``-th of ``S`` points evenly
+    spaced from λ(``t_max``) to λ(``t_min``); ``t_max`` defaults to the first DDIM
+    ("uniform") step, so both spacings start from the same noise level.
+    """
+    n_train = int(alphas_cumprod.shape[0])
+    if not 1 <= num_inference_steps <= n_train:
+        raise EngineError(f"steps must be in 1..{n_train}, got {num_inference_steps}")
+    if t_max is None:
+        t_max = int(ddim_timesteps(num_inference_steps, n_train)[0])
+    acp = alphas_cumprod.detach().to("cpu", torch.float64).clamp(1e-20, 1 - 1e-20)
+    lam = 0.5 * (acp.log() - torch.log1p(-acp))  # decreasing in t
+    targets = torch.linspace(float(lam[t_max]), float(lam[t_min]), num_inference_steps)
+    idx = (lam[None, :] - targets.to(torch.float64)[:, None]).abs().argmin(dim=1)
+    steps = torch.unique(idx.long())
+    if len(steps) < num_inference_steps:
+        raise EngineError(f"{num_inference_steps} log-SNR steps collide on {n_train} train steps")
+    return steps.flip(0)
+
+
+#: the spacing each sampler uses unless told otherwise (measured: README, "Upsample")
+DEFAULT_SPACING: dict[str, str] = {"ddim": "uniform", "dpmpp-2m": "uniform", "unipc": "uniform"}
+
+
+def sampler_timesteps(
+    sampler: str, num_inference_steps: int, alphas_cumprod: Tensor, *, spacing: str | None = None
+) -> Tensor:
+    """The descending timesteps ``(S,)`` for ``sampler``: ``spacing`` ``"uniform"``
+    (:func:`ddim_timesteps`, AudioSR's grid) or ``"logsnr"`` (:func:`logsnr_timesteps`);
+    None = :data:`DEFAULT_SPACING`."""
+    if sampler not in DEFAULT_SPACING:
+        raise EngineError(f"sampler must be one of {', '.join(DEFAULT_SPACING)}, got {sampler!r}")
+    spacing = spacing or DEFAULT_SPACING[sampler]
+    n_train = int(alphas_cumprod.shape[0])
+    if spacing == "uniform":
+        return ddim_timesteps(num_inference_steps, n_train)
+    if spacing == "logsnr":
+        return logsnr_timesteps(num_inference_steps, alphas_cumprod)
+    raise EngineError(f"spacing must be 'uniform' or 'logsnr', got {spacing!r}")

@@ -86,7 +86,8 @@ class LatentDiffusionConfig(ModelConfig):
     scale_factor: float = 1.0
     cfg_uncond_value: float = -11.4981
     cond_drop_prob: float = 0.1
-    # inference defaults
+    # inference defaults (default_steps is for default_sampler: ddim | dpmpp-2m | unipc)
+    default_sampler: Literal["ddim", "dpmpp-2m", "unipc"] = "ddim"
     chunk_seconds: float = 10.24
     overlap_seconds: float = 1.28
     default_steps: int = 50
