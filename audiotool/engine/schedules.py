@@ -63,14 +63,17 @@ def logsnr_timesteps(
     Lu et al. 2022, sec. 3.4), DESCENDING, ``(S,)`` int64.
 
     Node ``i`` is the training step whose λ is nearest to the ``i``-th of ``S`` points evenly
-    spaced from λ(``t_max``) to λ(``t_min``); ``t_max`` defaults to the first DDIM
-    ("uniform") step, so both spacings start from the same noise level.
+    spaced from λ(``t_max``) to λ(``t_min``). ``t_max`` defaults to the first step of the
+    50-step DDIM grid (981 of 1000) whatever ``S`` is: the start noise is then treated as the
+    same, nearly pure, x_t as AudioSR's default run. Measured (upsample-tiny, 12 held-out
+    clips, DPM-Solver++(2M), 25 steps): LSD 1.204 / LSD-HF 1.458 from t = 981 vs 1.216 / 1.473
+    from the 25-step DDIM grid's first step (961); DDIM-50 scores 1.197 / 1.449.
     """
     n_train = int(alphas_cumprod.shape[0])
     if not 1 <= num_inference_steps <= n_train:
         raise EngineError(f"steps must be in 1..{n_train}, got {num_inference_steps}")
     if t_max is None:
-        t_max = int(ddim_timesteps(num_inference_steps, n_train)[0])
+        t_max = int(ddim_timesteps(min(50, n_train), n_train)[0])
     acp = alphas_cumprod.detach().to("cpu", torch.float64).clamp(1e-20, 1 - 1e-20)
     lam = 0.5 * (acp.log() - torch.log1p(-acp))  # decreasing in t
     targets = torch.linspace(float(lam[t_max]), float(lam[t_min]), num_inference_steps)
@@ -81,8 +84,11 @@ def logsnr_timesteps(
     return steps.flip(0)
 
 
-#: the spacing each sampler uses unless told otherwise (measured: README, "Upsample")
-DEFAULT_SPACING: dict[str, str] = {"ddim": "uniform", "dpmpp-2m": "uniform", "unipc": "uniform"}
+#: the spacing each sampler uses unless told otherwise. DDIM keeps AudioSR's grid (parity);
+#: the multistep solvers take log-SNR: on 12 held-out clips with upsample-tiny at 12 steps,
+#: DPM-Solver++(2M) scored LSD 1.307 / LSD-HF 1.584 with it vs 1.349 / 1.635 on the uniform
+#: grid, whose last interval (t = T/S -> 1) is one huge jump in λ (README, "Samplers").
+DEFAULT_SPACING: dict[str, str] = {"ddim": "uniform", "dpmpp-2m": "logsnr", "unipc": "logsnr"}
 
 
 def sampler_timesteps(
