@@ -54,7 +54,7 @@ SamplerOpt = Annotated[
     typer.Option(
         "--sampler",
         help="ddim (AudioSR's), dpmpp-2m (DPM-Solver++(2M)) or unipc (UniPC-2, bh2); "
-        "default: the model's (upsample-tiny: SAMPLER_DEFAULT).",
+        "default: the model's (upsample-tiny: dpmpp-2m; AudioSR: ddim).",
         rich_help_panel=RUN,
     ),
 ]
@@ -73,8 +73,8 @@ StepsOpt = Annotated[
         "--steps",
         min=1,
         max=1000,
-        help="Sampler steps = denoiser forwards (default: the model's; upsample-tiny: "
-        "STEPS_DEFAULT).",
+        help="Sampler steps = denoiser forwards (default: the model's; upsample-tiny: 16, "
+        "AudioSR: 50).",
         rich_help_panel=RUN,
     ),
 ]
@@ -88,6 +88,7 @@ EPILOG = (
     "Examples:\n\n"
     "  audiotool upsample speech_16k.wav -o speech_48k.wav\n\n"
     "  audiotool upsample recordings/ -o upsampled/ --steps 25 --guidance 2.5\n\n"
+    "  audiotool upsample in.wav -o out.wav --sampler ddim --steps 50   # AudioSR's sampler\n\n"
     "  audiotool upsample old.mp3 -o restored.flac --cutoff 11000 --seed 7\n\n"
     "  audiotool upsample in.wav -o out.wav --model org/audiosr-converted --device cuda "
     "--precision bf16"
