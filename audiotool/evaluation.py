@@ -38,6 +38,7 @@ from torch import Tensor
 from audiotool.audio import fit_length
 from audiotool.errors import EngineError, InputError
 from audiotool.paths import is_audio_path
+from audiotool.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,16 @@ def evaluate_upsample(
     systems: Mapping[str, UpsampleSystem],
     input_rate: int,
     eval_rate: int = 48000,
+    limit: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score upsampling systems on the references in ``data_dir`` (see the module schema).
 
     Rows: every given system (e.g. ``"model"``), ``"input"`` (the degraded input itself) and
     ``"baseline"`` (:func:`audiotool.baselines.spectral_band_replication`). A system may return
     ``(audio, info)`` where ``info["limited"]`` says whether its output needed limiting.
+    ``limit``: score that many references spread evenly over the sorted list. ``progress``:
+    ``"files"`` bar.
     """
     from audiotool.audio import resample
     from audiotool.baselines import spectral_band_replication
@@ -120,7 +125,13 @@ def evaluate_upsample(
         resample(x, sr, eval_rate), eval_rate, 0.95 * sr / 2
     )
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in all_systems}
-    for path in find_references(data_dir):
+    refs = find_references(data_dir)
+    if limit is not None and limit < len(refs):
+        refs = [refs[i * len(refs) // limit] for i in range(limit)]
+    progress = progress or NullProgress()
+    progress.start("files", len(refs))
+    for i_ref, path in enumerate(refs):
+        progress.update("files", i_ref, len(refs))
         audio, rate = _read(path)
         if rate <= input_rate:
             log.warning("%s: recorded at %d Hz, not above the input rate; skipped", path, rate)
@@ -155,6 +166,8 @@ def evaluate_upsample(
                     "limited": None if "limited" not in info else bool(info["limited"]),
                 }
             )
+    progress.update("files", len(refs), len(refs))
+    progress.end("files")
     keys = ("lsd", "lsd_hf", "lsd_lf", "si_sdr", "hf_ratio_db")
     return {
         "task": "upsample",

@@ -4,7 +4,7 @@ Library functions never draw bars; they call a :class:`Progress` the caller pass
 passes a rich implementation (``audiotool.cli._progress``); the default does nothing.
 
 Keys used by the tasks: ``"files"`` (file i of N), ``"chunks"`` (chunks of the current file),
-``"steps"`` (DDIM steps of the current mini-batch).
+``"steps"`` (sampler steps of the current mini-batch).
 """
 
 from __future__ import annotations

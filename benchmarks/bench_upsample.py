@@ -1,6 +1,8 @@
 """Upsampling speed and memory: audiotool's chunked sampler vs the reference scheme.
 
-Both use the SAME model (random weights, seeded) and DDIM; they differ only in scheduling:
+Both use the SAME model (random weights, seeded) and the SAME sampler (``--sampler``: DDIM
+with η = 1 as AudioSR, or the deterministic DPM-Solver++(2M) / UniPC); they differ only in
+scheduling:
 
 - ``audiotool``: all chunks of all channels batched, classifier-free guidance as ONE batched
   forward (conditional + unconditional), optional bf16 autocast
@@ -8,14 +10,17 @@ Both use the SAME model (random weights, seeded) and DDIM; they differ only in s
 - ``reference``: AudioSR's scheme — one chunk at a time, two separate UNet passes per step for
   guidance, fp32.
 
-Timed: global context + condition encoding + DDIM sampling (decoding and vocoding are the
-same for both schemes and are not included). Rows report seconds per second of audio (lower is
-better) and peak memory. For the full AudioSR
-preset on a CPU only a few steps on a short clip are run; the 50-step figure is extrapolated
-linearly in the step count and labelled so.
+Timed: global context + condition encoding + sampling (decoding and vocoding are the
+same for both schemes and are not included). Both paths are warmed up (2 steps each, same
+shapes) before either is timed, so one-off costs (CUDA context, cuDNN autotuning, allocator
+growth, lazy kernel loading) are not charged to the first path. Rows report seconds per
+second of audio (lower is better) and peak memory. For the full AudioSR preset on a CPU only
+a few steps on a short clip are run; the 50-step figure is extrapolated linearly in the step
+count and labelled so.
 
     python benchmarks/bench_upsample.py                      # CPU: tiny (50 steps) + full (2 steps)
     python benchmarks/bench_upsample.py --device cuda --full-steps 50 --seconds 30
+    python benchmarks/bench_upsample.py --sampler dpmpp-2m --tiny-steps 12 --skip-full
 """
 
 from __future__ import annotations
@@ -44,10 +49,16 @@ def _inputs(model: Any, seconds: float, device: torch.device) -> torch.Tensor:
 
 
 def run_audiotool(
-    model: Any, cfg: Any, mel: torch.Tensor, steps: int, batch: int, dtype: torch.dtype | None
+    model: Any,
+    cfg: Any,
+    mel: torch.Tensor,
+    steps: int,
+    batch: int,
+    dtype: torch.dtype | None,
+    sampler: str = "ddim",
 ) -> None:
     from audiotool.engine.diffusion import sample_chunked
-    from audiotool.engine.schedules import ddim_timesteps
+    from audiotool.engine.schedules import sampler_timesteps
 
     chunk = int(cfg.chunk_seconds * 100) // model.latent_factor
     overlap = int(cfg.overlap_seconds * 100) // model.latent_factor
@@ -64,24 +75,31 @@ def run_audiotool(
             cond,
             chunk=chunk,
             overlap=overlap,
-            timesteps=ddim_timesteps(steps),
+            timesteps=sampler_timesteps(sampler, steps, model.alphas_cumprod),
             alphas_cumprod=model.alphas_cumprod,
             out_channels=model.latent_channels,
             context=ctx,
             uncond_latent=model.uncond_value,
             guidance=3.5,
-            eta=1.0,
+            eta=_eta(sampler),
             generator=torch.Generator().manual_seed(0),
             batch_size=batch,
             time_multiple=model.unet.time_multiple,
+            sampler=sampler,
         )
 
 
-def run_reference(model: Any, cfg: Any, mel: torch.Tensor, steps: int) -> None:
+def _eta(sampler: str) -> float:
+    return 1.0 if sampler == "ddim" else 0.0
+
+
+def run_reference(
+    model: Any, cfg: Any, mel: torch.Tensor, steps: int, sampler: str = "ddim"
+) -> None:
     """One chunk at a time, two separate guidance passes, fp32."""
     from audiotool.engine.chunking import plan_spans
-    from audiotool.engine.samplers import sample_ddim
-    from audiotool.engine.schedules import ddim_timesteps
+    from audiotool.engine.samplers import sample
+    from audiotool.engine.schedules import sampler_timesteps
 
     chunk = int(cfg.chunk_seconds * 100) // model.latent_factor
     overlap = int(cfg.overlap_seconds * 100) // model.latent_factor
@@ -104,15 +122,22 @@ def run_reference(model: Any, cfg: Any, mel: torch.Tensor, steps: int) -> None:
             *piece.shape[2:],
             generator=torch.Generator().manual_seed(0),
         ).to(mel.device)
-        sample_ddim(
+        sample(
+            sampler,
             two_pass,
             x,
-            ddim_timesteps(steps),
+            sampler_timesteps(sampler, steps, model.alphas_cumprod),
             model.alphas_cumprod,
             cond={"concat": piece, **ctx},
-            eta=1.0,
+            eta=_eta(sampler),
             generator=torch.Generator().manual_seed(1),
         )
+
+
+def warm_up(fns: list[Any], device: torch.device) -> None:
+    """Run every path once (2 steps, same shapes) before anything is timed."""
+    for fn in fns:
+        measure(lambda fn=fn: fn(2), device)
 
 
 def measure(fn: Any, device: torch.device) -> tuple[float, float]:
@@ -137,31 +162,38 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--sampler", default="ddim", choices=("ddim", "dpmpp-2m", "unipc"))
     args = ap.parse_args()
     from audiotool.models.latent_diffusion import audiosr_config, build_model, tiny_config
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.machine()
-    print(f"upsample benchmark on {dev} ({name}), {args.threads} threads; guidance 3.5, eta 1")
+    smp = args.sampler
     print(
-        f"{'preset':<16}{'path':<22}{'audio s':>8}{'steps':>6}{'s / s audio':>13}"
-        f"{'peak MiB':>10}  note"
+        f"upsample benchmark on {dev} ({name}), {args.threads} threads; guidance 3.5, "
+        f"eta {_eta(smp):g}; both paths warmed up before timing"
+    )
+    print(
+        f"{'preset':<16}{'path':<22}{'sampler':<10}{'audio s':>8}{'steps':>6}"
+        f"{'s / s audio':>13}{'peak MiB':>10}  note"
     )
     torch.manual_seed(0)
     tiny_cfg = tiny_config()
     tiny = build_model(tiny_cfg).to(dev).eval()
     mel = _inputs(tiny, args.seconds, dev)
-    for label, fn in (
+    paths: list[tuple[str, Any]] = [
         (
             "audiotool batched",
-            lambda: run_audiotool(tiny, tiny_cfg, mel, args.tiny_steps, args.batch_size, None),
+            lambda n: run_audiotool(tiny, tiny_cfg, mel, n, args.batch_size, None, smp),
         ),
-        ("reference", lambda: run_reference(tiny, tiny_cfg, mel, args.tiny_steps)),
-    ):
-        sec, peak = measure(fn, dev)
+        ("reference", lambda n: run_reference(tiny, tiny_cfg, mel, n, smp)),
+    ]
+    warm_up([fn for _, fn in paths], dev)
+    for label, fn in paths:
+        sec, peak = measure(lambda fn=fn: fn(args.tiny_steps), dev)
         print(
-            f"{'tiny':<16}{label:<22}{args.seconds:>8.2f}{args.tiny_steps:>6}"
+            f"{'tiny':<16}{label:<22}{smp:<10}{args.seconds:>8.2f}{args.tiny_steps:>6}"
             f"{sec / args.seconds:>13.3f}{peak:>10.0f}"
         )
     if args.skip_full:
@@ -170,14 +202,16 @@ def main() -> None:
     full = build_model(full_cfg).to(dev).eval()
     mel = _inputs(full, args.full_seconds, dev)
     dtype = torch.bfloat16 if dev.type == "cuda" else None
-    for label, fn in (
+    paths = [
         (
             "audiotool batched" + (" bf16" if dtype else ""),
-            lambda: run_audiotool(full, full_cfg, mel, args.full_steps, args.batch_size, dtype),
+            lambda n: run_audiotool(full, full_cfg, mel, n, args.batch_size, dtype, smp),
         ),
-        ("reference fp32", lambda: run_reference(full, full_cfg, mel, args.full_steps)),
-    ):
-        sec, peak = measure(fn, dev)
+        ("reference fp32", lambda n: run_reference(full, full_cfg, mel, n, smp)),
+    ]
+    warm_up([fn for _, fn in paths], dev)
+    for label, fn in paths:
+        sec, peak = measure(lambda fn=fn: fn(args.full_steps), dev)
         per = sec / args.full_seconds
         note = ""
         if args.full_steps != 50:
@@ -186,7 +220,8 @@ def main() -> None:
                 "(extrapolated)"
             )
         print(
-            f"{'audiosr+global':<16}{label:<22}{args.full_seconds:>8.2f}{args.full_steps:>6}"
+            f"{'audiosr+global':<16}{label:<22}{smp:<10}{args.full_seconds:>8.2f}"
+            f"{args.full_steps:>6}"
             f"{per:>13.3f}{peak:>10.0f}  {note}"
         )
 

@@ -51,7 +51,7 @@ class RichProgress:
     _LABELS: ClassVar[dict[str, str]] = {
         "files": "files",
         "chunks": "chunks",
-        "steps": "DDIM steps",
+        "steps": "sampler steps",
     }
 
     def __init__(self, progress: Progress) -> None:

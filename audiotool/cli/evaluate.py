@@ -18,6 +18,7 @@ from audiotool.cli._options import (
     RevisionOpt,
     ThreadsOpt,
 )
+from audiotool.cli.upsample import SamplerOpt, SpacingOpt, StepsOpt
 
 app = typer.Typer(
     help="Measure quality on real recordings, beside baselines.",
@@ -26,7 +27,6 @@ app = typer.Typer(
 )
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder of reference recordings.")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DDIM steps.")]  # noqa: UP045
 
 
 def _report(result: dict[str, Any], as_json: bool, per_file: bool) -> None:
@@ -40,6 +40,42 @@ def _report(result: dict[str, Any], as_json: bool, per_file: bool) -> None:
     print_rows(header, rows)
 
 
+def _is_terminal() -> bool:
+    from audiotool.cli._report import stderr
+
+    return bool(stderr.is_terminal)
+
+
+class _FileLines:
+    """Progress as one stderr line per finished file with elapsed time and ETA (for logs)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+
+    def start(self, key: str, total: int | None, description: str = "") -> None:
+        if key == "files":
+            self._t0 = self._clock()
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        if key != "files" or not completed:
+            return
+        spent = self._clock() - self._t0
+        left = spent / completed * ((total or completed) - completed)
+        sys.stderr.write(f"file {completed}/{total}: {spent:.0f} s elapsed, ETA {_hms(left)}\n")
+        sys.stderr.flush()
+
+    def end(self, key: str) -> None:
+        return None
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def _runtime(device: str, threads: int | None) -> Any:
     from audiotool.tasks._batch import RuntimeOptions
     from audiotool.tasks.common import Runtime
@@ -49,8 +85,9 @@ def _runtime(device: str, threads: int | None) -> Any:
 
 @app.command(
     "upsample",
-    epilog="Example:\n\n  audiotool eval upsample --data refs/ "
-    "--input-rate 16000 --json > eval.json",
+    epilog="Examples:\n\n  audiotool eval upsample --data refs/ "
+    "--input-rate 16000 --json > eval.json\n\n"
+    "  audiotool eval upsample --data refs/ --limit 10 --sampler ddim --steps 50",
 )
 def eval_upsample(
     data: DataOpt,
@@ -58,6 +95,14 @@ def eval_upsample(
     revision: RevisionOpt = None,
     input_rate: Annotated[int, typer.Option("--input-rate", help="8000|12000|16000|24000")] = 16000,
     steps: StepsOpt = None,
+    sampler: SamplerOpt = None,
+    spacing: SpacingOpt = None,
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--limit", min=1, help="Score N references spread evenly over the sorted list."
+        ),
+    ] = None,
     no_model: Annotated[
         bool, typer.Option("--no-model", help="Only the input and baseline rows.", metavar=FLAG)
     ] = False,
@@ -68,8 +113,12 @@ def eval_upsample(
     as_json: JsonOpt = False,
 ) -> None:
     """LSD (full, HF, LF), SI-SDR, the generated-to-true high-band energy (dB) at 48 kHz of the
-    model, the degraded input and SBR; and how many model outputs needed limiting."""
-    from audiotool.cli._report import setup_logging
+    model, the degraded input and SBR; and how many model outputs needed limiting.
+
+    Progress (file i/N, elapsed, ETA) goes to stderr: bars on a terminal, one line per file
+    otherwise (--quiet silences both).
+    """
+    from audiotool.cli._report import progress_bars, setup_logging
     from audiotool.errors import UsageError
     from audiotool.evaluation import evaluate_upsample
 
@@ -83,14 +132,23 @@ def eval_upsample(
 
         rt = _runtime(device, threads)
         loaded: Any = load_task_model(model, "upsample", revision=revision, runtime=rt)
-        opts = UpsampleOptions(steps=steps, cutoff=0.95 * input_rate / 2)
+        opts = UpsampleOptions(
+            steps=steps,
+            sampler=sampler.value if sampler else None,
+            spacing=spacing.value if spacing else None,
+            cutoff=0.95 * input_rate / 2,
+        )
 
         def upsample_model(x: Any, sr: int) -> tuple[Any, dict[str, bool]]:
             res = upsample_tensor(loaded.model, loaded.config, x, sr, options=opts, runtime=rt)
             return res.audio, {"limited": res.limited}
 
         systems["model"] = upsample_model
-    result = evaluate_upsample(data, systems=systems, input_rate=input_rate)
+    with progress_bars(quiet=quiet) as bars:
+        shown = bars if quiet or _is_terminal() else _FileLines()
+        result = evaluate_upsample(
+            data, systems=systems, input_rate=input_rate, limit=limit, progress=shown
+        )
     _report(result, as_json, per_file)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -48,6 +49,48 @@ from audiotool.cli._options import (
 )
 from audiotool.errors import UsageError
 
+
+class SamplerChoice(str, Enum):
+    ddim = "ddim"
+    dpmpp_2m = "dpmpp-2m"
+    unipc = "unipc"
+
+
+class SpacingChoice(str, Enum):
+    uniform = "uniform"
+    logsnr = "logsnr"
+
+
+SamplerOpt = Annotated[
+    Optional[SamplerChoice],  # noqa: UP045
+    typer.Option(
+        "--sampler",
+        help="ddim (AudioSR's), dpmpp-2m (DPM-Solver++(2M)) or unipc (UniPC-2, bh2); "
+        "default: the model's (upsample-tiny: dpmpp-2m; AudioSR: ddim).",
+        rich_help_panel=RUN,
+    ),
+]
+SpacingOpt = Annotated[
+    Optional[SpacingChoice],  # noqa: UP045
+    typer.Option(
+        "--spacing",
+        help="Timesteps: uniform (AudioSR's DDIM grid) or logsnr (uniform in log-SNR); "
+        "default: the sampler's.",
+        rich_help_panel=RUN,
+    ),
+]
+StepsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--steps",
+        min=1,
+        max=1000,
+        help="Sampler steps = denoiser forwards (default: the model's; upsample-tiny: 16, "
+        "AudioSR: 50).",
+        rich_help_panel=RUN,
+    ),
+]
+
 HELP = (
     "Restore the missing high band of band-limited audio (any rate in, 48 kHz out) with "
     "chunked latent diffusion and a whole-file global context. Keeps the input's own low band, "
@@ -57,6 +100,7 @@ EPILOG = (
     "Examples:\n\n"
     "  audiotool upsample speech_16k.wav -o speech_48k.wav\n\n"
     "  audiotool upsample recordings/ -o upsampled/ --steps 25 --guidance 2.5\n\n"
+    "  audiotool upsample in.wav -o out.wav --sampler ddim --steps 50   # AudioSR's sampler\n\n"
     "  audiotool upsample old.mp3 -o restored.flac --cutoff 11000 --seed 7\n\n"
     "  audiotool upsample in.wav -o out.wav --model org/audiosr-converted --device cuda "
     "--precision bf16"
@@ -81,16 +125,9 @@ def upsample(
     filename: FilenameOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    steps: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(
-            "--steps",
-            min=1,
-            max=1000,
-            help="DDIM steps (default: the model's, 50).",
-            rich_help_panel=RUN,
-        ),
-    ] = None,
+    steps: StepsOpt = None,
+    sampler: SamplerOpt = None,
+    spacing: SpacingOpt = None,
     guidance: Annotated[
         Optional[float],  # noqa: UP045
         typer.Option(
@@ -179,6 +216,8 @@ def upsample(
     rt = scaled_runtime(rt, scale)
     opts = UpsampleOptions(
         steps=steps,
+        sampler=sampler.value if sampler else None,
+        spacing=spacing.value if spacing else None,
         guidance=guidance,
         eta=eta,
         chunk_seconds=chunk_seconds,

@@ -4,11 +4,11 @@ Legend: ``B`` items of one file (e.g. its channels), ``C`` latent channels, ``T`
 (the chunked axis), ``F`` latent frequency bins.
 
 A long conditioning latent is cut into overlapping spans along ``T``. Every span of every item is
-sampled with DDIM (+ classifier-free guidance in one batched forward) in mini-batches of
-``batch_size`` spans — never one chunk at a time — with out-of-memory back-off. The per-file
-``context`` tensors (e.g. the global encoder's output, computed ONCE from the whole file by the
-caller) are given unchanged to every span and every step. The samples are crossfaded over the
-overlaps.
+sampled with DDIM, DPM-Solver++(2M) or UniPC (+ classifier-free guidance in one batched
+forward) in mini-batches of ``batch_size`` spans — never one chunk at a time — with
+out-of-memory back-off. The per-file ``context`` tensors (e.g. the global encoder's output,
+computed ONCE from the whole file by the caller) are given unchanged to every span and every
+step. The samples are crossfaded over the overlaps.
 
 Randomness: each span position gets its own generator, seeded from ``generator`` up front, for
 its starting noise and its η noise — the same for every item (identical items give identical
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from audiotool.engine.batching import ProgressFn, map_batches
 from audiotool.engine.chunking import Span, crossfade_stitch, plan_spans
-from audiotool.engine.samplers import Denoiser, sample_ddim
+from audiotool.engine.samplers import SAMPLER_NAMES, Denoiser, sample
 from audiotool.errors import EngineError
 
 CONCAT = "concat"
@@ -53,6 +53,7 @@ def sample_chunked(
     parameterization: Literal["v", "eps"] = "v",
     time_multiple: int = 1,
     final_alpha: float | None = None,
+    sampler: str = "ddim",
     step_callback: Callable[[int, int], None] | None = None,
     chunk_callback: ProgressFn | None = None,
 ) -> Tensor:
@@ -68,7 +69,8 @@ def sample_chunked(
         context: per-item tensors ``(B, ...)`` reused for every span and step (not chunked).
         uncond_latent: the ``"concat"`` value of the unconditional pass (a constant or a tensor
             broadcastable to a span); None disables guidance. The context is kept in both passes.
-        guidance, eta, parameterization, final_alpha: DDIM settings.
+        guidance, eta, parameterization, final_alpha: sampler settings (η: DDIM only).
+        sampler: ``"ddim"``, ``"dpmpp-2m"`` or ``"unipc"`` (:mod:`audiotool.engine.samplers`).
         generator: seeds every span position's own generator (shared by the items).
         batch_size: spans per forward (halved on out-of-memory).
         time_multiple: spans shorter than ``chunk`` are padded (replicate) to a multiple of this
@@ -78,6 +80,10 @@ def sample_chunked(
     """
     if cond_latent.dim() != 4:
         raise EngineError(f"cond_latent must be (B, C, T, F), got {tuple(cond_latent.shape)}")
+    if sampler not in SAMPLER_NAMES:
+        raise EngineError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
+    if sampler != "ddim" and eta > 0:
+        raise EngineError(f"eta > 0 is only supported by the ddim sampler, not {sampler!r}")
     b_items, c, length, f = cond_latent.shape
     c_out = out_channels or c
     ctx = dict(context or {})
@@ -114,7 +120,8 @@ def sample_chunked(
             )
             uncond = {CONCAT: u, **{k: v for k, v in cond.items() if k != CONCAT}}
         cb = (lambda i, n, _x: step_callback(i, n)) if step_callback else None
-        return sample_ddim(
+        return sample(
+            sampler,
             denoiser,
             x,
             timesteps,

@@ -72,9 +72,10 @@ class LatentDiffusionConfig(ModelConfig):
     scale_factor: float = 1.0
     cfg_uncond_value: float = -11.4981
     cond_drop_prob: float = 0.1
-    # inference defaults
+    # inference defaults (default_steps is for default_sampler: ddim | dpmpp-2m | unipc)
     chunk_seconds: float = 10.24
     overlap_seconds: float = 1.28
+    default_sampler: Literal["ddim", "dpmpp-2m", "unipc"] = "ddim"
     default_steps: int = 50
     default_guidance: float = 3.5
     default_eta: float = 1.0

@@ -337,6 +337,9 @@ def tiny_config() -> LatentDiffusionConfig:
         global_hidden=64,
         global_mel_pool=4,
         default_eta=0.0,
+        # measured: within 0.01 LSD / LSD-HF of DDIM-50 on held-out clips (README, "Samplers")
+        default_sampler="dpmpp-2m",
+        default_steps=16,
     )
 
 

@@ -83,7 +83,10 @@ class UpsampleOptions:
     """Sampling and processing settings (None = the model's default).
 
     Attributes:
-        steps: DDIM steps.
+        steps: sampler steps (denoiser forwards).
+        sampler: ``"ddim"``, ``"dpmpp-2m"`` or ``"unipc"`` (None = the model's default).
+        spacing: timesteps ``"uniform"`` (AudioSR's DDIM grid) or ``"logsnr"`` (None = the
+            sampler's default: see :func:`audiotool.engine.schedules.sampler_timesteps`).
         guidance: classifier-free guidance scale.
         eta: DDIM stochasticity (0 = deterministic given the seed's starting noise).
         chunk_seconds / overlap_seconds: chunking of the diffusion (and of the VAE / vocoder).
@@ -98,6 +101,8 @@ class UpsampleOptions:
     """
 
     steps: int | None = None
+    sampler: str | None = None
+    spacing: str | None = None
     guidance: float | None = None
     eta: float | None = None
     chunk_seconds: float | None = None
@@ -183,7 +188,7 @@ def upsample_tensor(
     )
     from audiotool.engine.chunking import plan_spans
     from audiotool.engine.diffusion import sample_chunked
-    from audiotool.engine.schedules import ddim_timesteps
+    from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
     progress = progress or NullProgress()
     rate = config.sample_rate
@@ -205,9 +210,16 @@ def upsample_tensor(
         y = resample(x, rate, options.output_rate)[inverse]
         return UpsampleResult(fit_length(y.cpu(), out_len), cutoff, 0, generated=False)
 
+    sampler = options.sampler or config.default_sampler
     steps = options.steps or config.default_steps
     guidance = config.default_guidance if options.guidance is None else options.guidance
     eta = config.default_eta if options.eta is None else options.eta
+    if sampler != "ddim":
+        if options.eta:
+            raise UsageError(f"--eta applies to the ddim sampler only, not {sampler!r}")
+        eta = 0.0  # the ODE solvers are deterministic
+    acp = cosine_alphas_cumprod(config.num_train_steps, config.cosine_s, dtype=torch.float64)
+    timesteps = sampler_timesteps(sampler, steps, acp, spacing=options.spacing)
     chunk_s = options.chunk_seconds or config.chunk_seconds
     overlap_s = (
         config.overlap_seconds if options.overlap_seconds is None else (options.overlap_seconds)
@@ -247,8 +259,8 @@ def upsample_tensor(
             cond_latent,
             chunk=lat_chunk,
             overlap=lat_overlap,
-            timesteps=ddim_timesteps(steps, config.num_train_steps),
-            alphas_cumprod=model.alphas_cumprod,
+            timesteps=timesteps,
+            alphas_cumprod=acp,
             out_channels=model.latent_channels,
             context=context,
             uncond_latent=model.uncond_value,
@@ -257,6 +269,7 @@ def upsample_tensor(
             generator=gen,
             batch_size=runtime.batch_size,
             parameterization=config.parameterization,
+            sampler=sampler,
             time_multiple=model.unet.time_multiple,
             step_callback=step_bar,
             chunk_callback=chunk_progress(progress),

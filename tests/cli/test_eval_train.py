@@ -44,6 +44,21 @@ def test_eval_upsample_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 2 and "input-rate" in err
 
 
+def test_eval_upsample_limit_and_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, f in enumerate((220, 330, 440)):
+        sf.write(tmp_path / f"{i}.wav", _tone(48000, 0.5, f), 48000)
+    args = ["eval", "upsample", "--data", str(tmp_path), "--no-model", "--json", "--limit", "2"]
+    code, out, err = run_main(args, capsys)
+    assert code == 0, err
+    files = [Path(f["file"]).name for f in json.loads(out)["rows"][0]["files"]]
+    assert files == ["0.wav", "1.wav"]
+    assert "file 2/2" in err and "ETA" in err  # one line per file when stderr is not a tty
+    code, _, err = run_main([*args, "--quiet"], capsys)
+    assert code == 0 and "ETA" not in err
+
+
 def test_eval_separate_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _song(tmp_path / "songs" / "a", 0)
     torch.manual_seed(0)

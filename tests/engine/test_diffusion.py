@@ -43,10 +43,9 @@ def run(batch_size: int, **kw: object) -> tuple[Tensor, CountingDenoiser]:
             context=ctx,
             uncond_latent=-11.5,
             guidance=2.0,
-            eta=1.0,
             generator=torch.Generator().manual_seed(9),
             batch_size=batch_size,
-            **kw,  # type: ignore[arg-type]
+            **{"eta": 1.0, **kw},  # type: ignore[arg-type]
         )
     return out, den
 
@@ -169,3 +168,24 @@ def test_per_row_is_batch_invariant() -> None:
         assert torch.allclose(whole, lin(x), atol=1e-6)
     y = per_row(lin, x)  # with gradients: the plain batched call
     assert y.requires_grad
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "unipc"])
+def test_solvers_batch_size_independent_and_seeded(sampler: str) -> None:
+    a, den_a = run(1, eta=0.0, sampler=sampler)
+    b, den_b = run(3, eta=0.0, sampler=sampler)
+    ddim, _ = run(3, eta=0.0)
+    assert torch.allclose(a, b, atol=1e-5) and torch.isfinite(a).all()
+    assert max(den_b.calls) == 6 and len(den_a.calls) > len(den_b.calls)
+    assert not torch.allclose(a, ddim, atol=1e-4)
+    again, _ = run(3, eta=0.0, sampler=sampler)
+    assert torch.equal(b, again)
+
+
+def test_sampler_checked_up_front() -> None:
+    from audiotool.errors import EngineError
+
+    with pytest.raises(EngineError, match="sampler must be one of"):
+        run(1, eta=0.0, sampler="euler")
+    with pytest.raises(EngineError, match="only supported by the ddim"):
+        run(1, sampler="unipc")  # run() passes eta=1.0

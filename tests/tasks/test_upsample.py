@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from audiotool.dsp import degrade, long_term_spectrum, lowpass
+from audiotool.errors import UsageError
 from audiotool.models.latent_diffusion import LatentDiffusion, build_model, tiny_config
 from audiotool.tasks.common import Runtime
 from audiotool.tasks.upsample import UpsampleOptions, upsample_tensor
@@ -69,13 +70,31 @@ def test_stereo_is_processed_per_channel(tiny: LatentDiffusion) -> None:
 
 def test_deterministic_for_a_seed_and_eta(tiny: LatentDiffusion) -> None:
     x = _speechlike(1.5, 16000)
-    opts = UpsampleOptions(steps=3, eta=1.0)
+    opts = UpsampleOptions(steps=3, eta=1.0, sampler="ddim")  # η: DDIM only
     a = upsample_tensor(tiny, tiny_config(), x, 16000, options=opts, runtime=RT).audio
     b = upsample_tensor(tiny, tiny_config(), x, 16000, options=opts, runtime=RT).audio
     rt2 = Runtime(device=RT.device, dtype=None, batch_size=1, seed=0)
     c = upsample_tensor(tiny, tiny_config(), x, 16000, options=opts, runtime=rt2).audio
     assert torch.equal(a, b)
     assert torch.allclose(a, c, atol=1e-4)  # batch size does not change the result
+
+
+def test_default_solver_deterministic_and_eta_rejected(tiny: LatentDiffusion) -> None:
+    assert tiny_config().default_sampler == "dpmpp-2m"
+    x = _speechlike(1.0, 16000)
+    opts = UpsampleOptions(steps=3)
+    a = upsample_tensor(tiny, tiny_config(), x, 16000, options=opts, runtime=RT).audio
+    b = upsample_tensor(tiny, tiny_config(), x, 16000, options=opts, runtime=RT).audio
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    with pytest.raises(UsageError, match="ddim sampler only"):
+        upsample_tensor(
+            tiny,
+            tiny_config(),
+            x,
+            16000,
+            options=UpsampleOptions(steps=3, eta=0.5, sampler="unipc"),
+            runtime=RT,
+        )
 
 
 def test_global_context_computed_once_per_file(
