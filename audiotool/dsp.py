@@ -342,11 +342,9 @@ def mel_bin_for_frequency(
     f_max: float | None = None,
 ) -> int:
     """Index of the highest Slaney mel band whose centre is at or below ``freq_hz``."""
-    import librosa
+    from audiotool.features import mel_frequencies
 
-    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=f_min, fmax=f_max or sample_rate / 2)[
-        1:-1
-    ]
+    centres = mel_frequencies(n_mels + 2, f_min, f_max or sample_rate / 2)[1:-1]
     return int(np.searchsorted(centres, freq_hz, side="right"))
 
 

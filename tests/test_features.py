@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import librosa
 import numpy as np
+import pytest
 import torch
 
 from audiotool.features import AudioSRMel
@@ -47,3 +48,26 @@ def test_griffinlim_round_trip() -> None:
     noise = (mel_fn(torch.randn_like(wave) * 0.1) - mel)[:, 5:-5].abs().mean()
     assert float(err) < 0.5 and float(err) < float(noise) / 4
     assert torch.equal(out, voc(mel.transpose(1, 2))[:, 0])  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("rate", "n_fft", "n_mels", "f_min", "f_max"),
+    [
+        (48000, 2048, 256, 20.0, 24000.0),
+        (16000, 1024, 80, 0.0, 8000.0),
+        (44100, 2048, 64, 30.0, 16000.0),
+    ],
+)
+def test_mel_filters_and_centres_equal_librosa(
+    rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float
+) -> None:
+    """The filterbank (torchaudio's, fast to build) and the centre frequencies (ours) are
+    librosa's Slaney filters (htk=False) to float32 rounding."""
+    from audiotool.features import mel_basis, mel_frequencies
+
+    want = librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
+    got = mel_basis(rate, n_fft, n_mels, f_min, f_max).numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=f_min, fmax=f_max)
+    assert np.allclose(mel_frequencies(n_mels + 2, f_min, f_max), centres, rtol=1e-9)
