@@ -215,6 +215,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=180.0)
+    ap.add_argument("--songs", default="180,600", help="--family htdemucs: song lengths in seconds")
     ap.add_argument("--quick", action="store_true", help="20 s input, batch sizes 1 and 4")
     ap.add_argument("--batch-sizes", default="1,2,4,8")
     ap.add_argument("--threads", type=int, default=2)
@@ -307,7 +308,7 @@ def main() -> None:
 def _main_htdemucs(args: argparse.Namespace) -> None:
     import torch
 
-    songs = [10.0] if args.quick else [180.0, 600.0]
+    songs = [10.0] if args.quick else [float(v) for v in args.songs.split(",")]
     sizes = [1, 4] if args.quick else [int(v) for v in args.batch_sizes.split(",")]
     repeats = 1 if args.quick else args.repeats
     dev = args.device
