@@ -129,7 +129,9 @@ class StreamingSiSdr:
     def update(self, ref: Tensor, est: Tensor) -> None:
         """Add the next blocks ``(C, n)`` of the reference and the estimate."""
         r, e = _pair(ref, est)
-        part = torch.stack([r.sum(-1), e.sum(-1), r.pow(2).sum(-1), e.pow(2).sum(-1), (r * e).sum(-1)])
+        part = torch.stack(
+            [r.sum(-1), e.sum(-1), r.pow(2).sum(-1), e.pow(2).sum(-1), (r * e).sum(-1)]
+        )
         self.sums = part if self.sums is None else self.sums + part
         self.n += int(r.shape[-1])
 

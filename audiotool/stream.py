@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -333,7 +333,7 @@ class AudioSink:
         except (sf.LibsndfileError, OSError) as exc:
             raise _write_error(self.final, exc) from exc
 
-    def _open_final(self) -> sf.SoundFile:  # noqa: F821 - soundfile is imported lazily
+    def _open_final(self) -> Any:  # a soundfile.SoundFile (imported lazily)
         import soundfile as sf
 
         return sf.SoundFile(

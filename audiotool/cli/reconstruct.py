@@ -141,15 +141,23 @@ def reconstruct(
     ok = [r for r in report.results if r.status == "ok"]
     if ok and not as_json:
         rows = [
-            [r.input, _num(r.details["si_sdr"], 2), _num(r.details.get("log_mel"), 3)]
-            + [_num(r.details.get("mrstft"), 3)]
+            [
+                r.input,
+                _num(r.details["si_sdr"], 2),
+                _num(r.details.get("log_mel"), 3),
+                _num(r.details.get("mrstft"), 3),
+            ]
             for r in ok
         ]
         mean = report.extra.get("mean", {})
         if len(ok) > 1 and mean:
             rows.append(
-                ["mean", _num(mean["si_sdr"], 2), _num(mean["log_mel"], 3)]
-                + [_num(mean["mrstft"], 3)]
+                [
+                    "mean",
+                    _num(mean["si_sdr"], 2),
+                    _num(mean["log_mel"], 3),
+                    _num(mean["mrstft"], 3),
+                ]
             )
         print_rows(["file", "SI-SDR dB", "log-mel dist", "MR-STFT dist"], rows)
     print_summary(report, as_json=as_json, quiet=quiet)

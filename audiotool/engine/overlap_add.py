@@ -307,7 +307,6 @@ class OverlapAddProcessor:
             map_batches(run, plan.n_chunks, batch_size, on_done=acc.add, progress=progress)
             return {k: v.to(home) for k, v in acc.result().items()}
 
-
     def stream(
         self,
         model: ChunkModel,

@@ -287,21 +287,21 @@ def _write(
         return
     with atomic_outputs(item.targets, protect=protect, overwrite=output.overwrite) as tmps:
         for name, tmp in tmps.items():
-                target = Path(item.targets[name])
-                if name in produced.audio:
-                    save_audio(
-                        tmp,
-                        produced.audio[name],
-                        produced.sample_rate,
-                        bit_depth=output.bit_depth,
-                        clip=output.clip,
-                        fmt=output.format,
-                        name=target,
-                    )
-                elif name in produced.files:
-                    produced.files[name](tmp)
-                else:
-                    raise AssertionError(f"the task produced no output '{name}' for {target}")
+            target = Path(item.targets[name])
+            if name in produced.audio:
+                save_audio(
+                    tmp,
+                    produced.audio[name],
+                    produced.sample_rate,
+                    bit_depth=output.bit_depth,
+                    clip=output.clip,
+                    fmt=output.format,
+                    name=target,
+                )
+            elif name in produced.files:
+                produced.files[name](tmp)
+            else:
+                raise AssertionError(f"the task produced no output '{name}' for {target}")
 
 
 #: runs items, yields ``(index in items, result)`` in any order

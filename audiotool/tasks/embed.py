@@ -46,8 +46,8 @@ from audiotool.tasks.common import (
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
-    from audiotool.stream import AudioSource
     from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
+    from audiotool.stream import AudioSource
 
 log = logging.getLogger(__name__)
 

@@ -48,9 +48,9 @@ from audiotool.tasks.common import (
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
-    from audiotool.stream import AudioSource
     from audiotool.models.codec import CodecConfig, WaveCodec
     from audiotool.models.rae import AudioRAE, RAEConfig
+    from audiotool.stream import AudioSource
 
     RoundTripModel = AudioRAE | WaveCodec
     RoundTripConfig = RAEConfig | CodecConfig
