@@ -37,17 +37,16 @@ def _as_2d(audio: Tensor) -> Tensor:
 def long_term_spectrum(
     audio: Tensor, sample_rate: int, *, n_fft: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Welch power spectrum averaged over frames and channels: (freqs Hz, power) numpy arrays."""
-    x = _as_2d(audio).double()
-    if x.shape[-1] < n_fft:
-        x = torch.nn.functional.pad(x, (0, n_fft - x.shape[-1]))
-    win = torch.hann_window(n_fft, dtype=torch.float64)
-    spec = torch.stft(
-        x, n_fft, hop_length=n_fft // 4, window=win, center=False, return_complex=True
-    )
-    power = spec.abs().pow(2).mean(dim=(0, 2)).numpy()
-    freqs = np.arange(power.shape[0]) * sample_rate / n_fft
-    return freqs, power
+    """Welch power spectrum averaged over frames and channels: (freqs Hz, power) numpy arrays.
+
+    Computed frames-block by frames-block in float32 (:func:`audiotool.stream.long_term_spectrum`):
+    memory does not grow with the length of ``audio``.
+    """
+    from audiotool.stream import long_term_spectrum as streamed
+    from audiotool.stream import tensor_span
+
+    x = _as_2d(audio).float()
+    return streamed(tensor_span(x), int(x.shape[-1]), sample_rate, n_fft=n_fft)
 
 
 def estimate_cutoff(
@@ -72,8 +71,25 @@ def estimate_cutoff(
 
     Silence returns 0.
     """
-    nyquist = sample_rate / 2
     freqs, power = long_term_spectrum(audio, sample_rate)
+    return estimate_cutoff_from_spectrum(
+        freqs, power, sample_rate, method=method, energy=energy, drop_db=drop_db
+    )
+
+
+def estimate_cutoff_from_spectrum(
+    freqs: np.ndarray,
+    power: np.ndarray,
+    sample_rate: int,
+    *,
+    method: CutoffMethod = "cliff",
+    energy: float = 0.985,
+    drop_db: float = 20.0,
+) -> float:
+    """:func:`estimate_cutoff` of a long-term spectrum ``(K,)`` (from
+    :func:`long_term_spectrum`, or :func:`audiotool.stream.long_term_spectrum` of a file read
+    in blocks)."""
+    nyquist = sample_rate / 2
     if not np.any(power > 0):
         return 0.0
     if method == "energy":

@@ -117,6 +117,42 @@ def si_sdr(ref: Tensor, est: Tensor, eps: float = 1e-12) -> float:
     return sum(vals) / len(vals)
 
 
+class StreamingSiSdr:
+    """:func:`si_sdr` of a pair of long signals given block by block (float64 running sums of
+    ``r``, ``e``, ``r^2``, ``e^2``, ``r e`` per channel; the means are removed at the end)."""
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        self.eps = eps
+        self.sums: Tensor | None = None  # (5, C)
+        self.n = 0
+
+    def update(self, ref: Tensor, est: Tensor) -> None:
+        """Add the next blocks ``(C, n)`` of the reference and the estimate."""
+        r, e = _pair(ref, est)
+        part = torch.stack(
+            [r.sum(-1), e.sum(-1), r.pow(2).sum(-1), e.pow(2).sum(-1), (r * e).sum(-1)]
+        )
+        self.sums = part if self.sums is None else self.sums + part
+        self.n += int(r.shape[-1])
+
+    def value(self) -> float:
+        if self.sums is None or self.n == 0:
+            return float("nan")
+        sr, se, srr, see, sre = self.sums
+        n = self.n
+        rr = srr - sr * sr / n
+        ee = see - se * se / n
+        re = sre - sr * se / n
+        alpha = re / (rr + self.eps)
+        target = alpha * alpha * rr
+        noise = (ee - 2 * alpha * re + alpha * alpha * rr).clamp(min=0)
+        ratio = target / (noise + self.eps)
+        vals = [
+            min(200.0, 10 * math.log10(float(v))) if float(v) > 0 else float("-inf") for v in ratio
+        ]
+        return sum(vals) / len(vals)
+
+
 def usdr(ref: Tensor, est: Tensor, eps: float = 1e-7) -> float:
     """ "Utterance"/whole-signal SDR (MDX'21, SDX'23; demucs' ``new_sdr``):
     ``10 log10((sum s^2 + eps) / (sum (s - ŝ)^2 + eps))`` over the whole signal, channels

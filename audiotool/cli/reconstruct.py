@@ -143,17 +143,27 @@ def reconstruct(
         rows = [
             [
                 r.input,
-                f"{r.details['si_sdr']:.2f}",
-                f"{r.details['log_mel']:.3f}",
-                f"{r.details['mrstft']:.3f}",
+                _num(r.details["si_sdr"], 2),
+                _num(r.details.get("log_mel"), 3),
+                _num(r.details.get("mrstft"), 3),
             ]
             for r in ok
         ]
         mean = report.extra.get("mean", {})
         if len(ok) > 1 and mean:
             rows.append(
-                ["mean", f"{mean['si_sdr']:.2f}", f"{mean['log_mel']:.3f}", f"{mean['mrstft']:.3f}"]
+                [
+                    "mean",
+                    _num(mean["si_sdr"], 2),
+                    _num(mean["log_mel"], 3),
+                    _num(mean["mrstft"], 3),
+                ]
             )
         print_rows(["file", "SI-SDR dB", "log-mel dist", "MR-STFT dist"], rows)
     print_summary(report, as_json=as_json, quiet=quiet)
     raise typer.Exit(report.exit_code)
+
+
+def _num(value: float | None, digits: int) -> str:
+    """A metric for the table; ``-`` when it was not computed (streamed long files)."""
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -63,6 +63,8 @@ from audiotool.engine.batching import ProgressFn, map_batches
 from audiotool.errors import EngineError
 
 ChunkModel = Callable[..., Tensor | Mapping[str, Tensor]]
+#: samples ``[lo, hi)`` of a signal, ``(C, hi - lo)``, zeros outside it (see audiotool.stream)
+Span = Callable[[int, int], Tensor]
 PadMode = Literal["reflect", "constant", "replicate"]
 
 
@@ -305,6 +307,44 @@ class OverlapAddProcessor:
             map_batches(run, plan.n_chunks, batch_size, on_done=acc.add, progress=progress)
             return {k: v.to(home) for k, v in acc.result().items()}
 
+    def stream(
+        self,
+        model: ChunkModel,
+        read: Span,
+        length: int,
+        sink: Sink,
+        batch_size: int = 1,
+        device: torch.device | str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        progress: ProgressFn | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        """:meth:`process` of a signal of ``length`` samples read through ``read`` (a span
+        reader, see :mod:`audiotool.stream`), the outputs handed to ``sink`` as they are
+        finished instead of returned: ``sink({key: (C', n)})`` receives consecutive blocks
+        that together are exactly :meth:`process`'s ``{key: (C', T')}`` (to float
+        precision: the same sums). Memory is bounded by the chunk and the batch, not by
+        ``length``."""
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        plan = plan_chunks(int(length), self.chunk, self.hop, self.context)
+        with torch.inference_mode():
+            source = SpanChunkSource(read, plan, self.pad_mode, dev)
+            acc = _StreamAccumulator(plan, sink)
+            moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
+
+            def run(start: int, stop: int) -> dict[str, Tensor]:
+                batch = source.batch(start, stop)
+                kwargs = _expand_kwargs(moved, stop - start)
+                if dtype is not None:
+                    with torch.autocast(device_type=dev.type, dtype=dtype):
+                        out = model(batch, **kwargs)
+                else:
+                    out = model(batch, **kwargs)
+                return _as_dict(out, stop - start)
+
+            map_batches(run, plan.n_chunks, batch_size, on_done=acc.add, progress=progress)
+
 
 def _expand_kwargs(kwargs: Mapping[str, Any], b: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -323,6 +363,90 @@ def _as_dict(out: Tensor | Mapping[str, Tensor], b: int) -> dict[str, Tensor]:
         if v.dim() != 3 or v.shape[0] != b:
             raise EngineError(f"model output '{k}' must be (b={b}, C, L), got {tuple(v.shape)}")
     return result
+
+
+class SpanChunkSource:
+    """:class:`ChunkSource` over a span reader (a file, a resampled view of one: see
+    :mod:`audiotool.stream`): chunk ``i`` is read when it is needed, padded as
+    :func:`pad_signal` pads the whole signal."""
+
+    def __init__(
+        self, read: Span, plan: ChunkPlan, pad_mode: PadMode, device: torch.device
+    ) -> None:
+        self.read, self.plan, self.device = read, plan, device
+        t = plan.length
+        mode: PadMode = pad_mode
+        if mode == "reflect" and (plan.pad_left >= t or plan.pad_right >= t):
+            mode = "constant"
+        self.mode: PadMode = mode
+
+    def chunk(self, i: int) -> Tensor:
+        p = self.plan
+        a = i * p.hop - p.pad_left  # signal coordinates
+        b = a + p.chunk
+        t = p.length
+        if (a >= 0 and b <= t) or self.mode == "constant":
+            return self.read(a, b).to(self.device)
+        idx = torch.arange(a, b)
+        if self.mode == "reflect":
+            idx = torch.where(idx < 0, -idx, idx)
+            idx = torch.where(idx >= t, 2 * (t - 1) - idx, idx)
+        else:
+            idx = idx.clamp(0, t - 1)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        return self.read(lo, hi)[:, idx - lo].to(self.device)
+
+    def batch(self, start: int, stop: int) -> Tensor:
+        """Chunks ``start:stop`` as ``(b, C, L)``."""
+        return torch.stack([self.chunk(i) for i in range(start, stop)])
+
+
+#: receives the next finished output samples of every key, ``{key: (C', n)}``, in order
+Sink = Callable[[dict[str, Tensor]], None]
+
+
+class _StreamAccumulator:
+    """:class:`_Accumulator` that keeps only the unfinished part of each output: after chunk
+    ``i``, everything before chunk ``i + 1``'s start is final; it is normalised (the same
+    summed windows), cropped to the signal and handed to ``sink``."""
+
+    def __init__(self, plan: ChunkPlan, sink: Sink) -> None:
+        self.plan, self.sink = plan, sink
+        self.inner = _Accumulator(plan)  # window and scale per key
+        self.origin: dict[str, int] = {}  # output coordinate of buffers[key][:, 0]
+        self.emitted: dict[str, int] = {}  # output coordinate of the next sample to emit
+
+    def add(self, start: int, stop: int, outputs: dict[str, Tensor]) -> None:
+        p, inner = self.plan, self.inner
+        finished: dict[str, Tensor] = {}
+        for key, y in outputs.items():
+            if key not in inner.buffers:
+                inner._init_key(key, y)
+                out_len, hop_o, pad_o = inner.scale[key]
+                inner.buffers[key] = inner.buffers[key].new_zeros(int(y.shape[1]), out_len)
+                self.origin[key], self.emitted[key] = 0, pad_o
+            out_len, hop_o, pad_o = inner.scale[key]
+            buf, window, origin = inner.buffers[key], inner.windows[key], self.origin[key]
+            if y.shape[-1] != out_len or y.shape[1] != buf.shape[0]:
+                raise EngineError(f"model output '{key}' changed shape between chunks")
+            need = (stop - 1) * hop_o + out_len - origin
+            if need > buf.shape[-1]:
+                buf = torch.cat([buf, buf.new_zeros(buf.shape[0], need - buf.shape[-1])], -1)
+            for i in range(y.shape[0]):
+                offset = (start + i) * hop_o - origin
+                buf[:, offset : offset + out_len].addcmul_(y[i], window)
+            end = pad_o + max(1, int(round(p.length * out_len / p.chunk)))
+            final = stop * hop_o if stop < p.n_chunks else end
+            lo, hi = self.emitted[key], min(final, end)
+            if hi > lo:
+                weight = summed_window(window, hop_o, p.n_chunks, lo, hi)
+                finished[key] = buf[:, lo - origin : hi - origin] / weight
+                self.emitted[key] = hi
+            keep = min(self.emitted[key], (stop * hop_o) if stop < p.n_chunks else end)
+            inner.buffers[key] = buf[:, keep - origin :].clone()
+            self.origin[key] = keep
+        if finished:
+            self.sink(finished)
 
 
 class _Accumulator:
@@ -381,6 +505,18 @@ class _Accumulator:
         return out
 
 
+def summed_window(window: Tensor, hop: int, n_chunks: int, lo: int, hi: int) -> Tensor:
+    """The sum of the ``n_chunks`` windows (``(L,)``, every ``hop``) over output positions
+    ``[lo, hi)``, in chunk order; clamped to 1e-20 (zero only in discarded margins)."""
+    length = window.shape[0]
+    weight = torch.zeros(hi - lo, device=window.device)
+    for k in range(max(0, (lo - length) // hop), min(n_chunks - 1, (hi - 1) // hop) + 1):
+        a, b = max(lo, k * hop), min(hi, k * hop + length)
+        if a < b:
+            weight[a - lo : b - lo] += window[a - k * hop : b - k * hop]
+    return weight.clamp(min=1e-20)
+
+
 def _normalise_inplace(buf: Tensor, window: Tensor, hop: int, n_chunks: int) -> None:
     """Divide ``buf`` ``(C, total)`` by the summed windows in place.
 
@@ -392,12 +528,7 @@ def _normalise_inplace(buf: Tensor, window: Tensor, hop: int, n_chunks: int) -> 
     length = window.shape[0]
 
     def exact(lo: int, hi: int) -> Tensor:
-        weight = torch.zeros(hi - lo, device=buf.device)
-        for k in range(max(0, (lo - length) // hop), min(n_chunks - 1, (hi - 1) // hop) + 1):
-            a, b = max(lo, k * hop), min(hi, k * hop + length)
-            if a < b:
-                weight[a - lo : b - lo] += window[a - k * hop : b - k * hop]
-        return weight.clamp(min=1e-20)  # 0 only in discarded margins
+        return summed_window(window, hop, n_chunks, lo, hi)
 
     inner_lo = -(-length // hop) * hop  # first multiple of hop at or after one window
     inner_hi = inner_lo + max(0, (total - length - inner_lo) // hop) * hop

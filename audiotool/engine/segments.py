@@ -49,6 +49,11 @@ class SegmentPlan(Protocol):
         shorter last segment), cut from ``audio`` ``(C, T)`` (padded as the scheme pads)."""
         ...
 
+    def segment_range(self, i: int) -> tuple[int, int]:
+        """The input of segment ``i`` as a range ``[lo, hi)`` of the signal, zeros outside
+        ``[0, T)`` (what :meth:`segment_input` cuts, for a reader of the signal)."""
+        ...
+
     def placement(self, i: int, device: torch.device) -> tuple[int, Tensor]:
         """Where output ``i`` goes: ``(start, weight)``; sample ``j`` of the segment's output
         lands at ``start + j`` (positions outside ``[0, T)`` are dropped) with weight
@@ -87,12 +92,82 @@ def run_segments(
         raise EngineError(f"the plan is for {plan.length} samples, got {audio.shape[-1]}")
     home = audio.device
     dev = torch.device(device) if device is not None else home
+    signal = audio.to(dev)
+    parts: dict[str, list[Tensor]] = {}
+
+    def sink(blocks: dict[str, Tensor]) -> None:
+        for key, block in blocks.items():
+            parts.setdefault(key, []).append(block)
+
+    _run(
+        model,
+        lambda i: plan.segment_input(signal, i),
+        plan,
+        sink,
+        dev,
+        batch_size=batch_size,
+        dtype=dtype,
+        progress=progress,
+        model_kwargs=model_kwargs,
+    )
+    return {k: torch.cat(v, dim=-1).to(home) for k, v in parts.items()}
+
+
+def stream_segments(
+    model: SegmentModel,
+    read: Callable[[int, int], Tensor],
+    plan: SegmentPlan,
+    sink: Callable[[dict[str, Tensor]], None],
+    *,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: ProgressFn | None = None,
+    **model_kwargs: Any,
+) -> None:
+    """:func:`run_segments` over a signal read through ``read`` (samples ``[lo, hi)``, zeros
+    outside the signal, see :mod:`audiotool.stream`), the outputs handed to ``sink`` as
+    consecutive finished blocks ``{key: (C', n)}`` (everything before the next segment's
+    placement is final). Memory is bounded by the segment and the batch."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+
+    def segment(i: int) -> Tensor:
+        lo, hi = plan.segment_range(i)
+        return read(lo, hi).to(dev)
+
+    _run(
+        model,
+        segment,
+        plan,
+        sink,
+        dev,
+        batch_size=batch_size,
+        dtype=dtype,
+        progress=progress,
+        model_kwargs=model_kwargs,
+    )
+
+
+def _run(
+    model: SegmentModel,
+    segment_input: Callable[[int], Tensor],
+    plan: SegmentPlan,
+    sink: Callable[[dict[str, Tensor]], None],
+    dev: torch.device,
+    *,
+    batch_size: int,
+    dtype: torch.dtype | None,
+    progress: ProgressFn | None,
+    model_kwargs: Mapping[str, Any],
+) -> None:
+    """The segments through the model, weighted sums kept for the unfinished part only;
+    finished samples (before the next segment's placement) divided and handed to ``sink``."""
     length, seg = plan.length, plan.segment
     buffers: dict[str, Tensor] = {}
-    total_weight = torch.zeros(length, device=dev)
+    state = {"origin": 0}  # signal coordinate of buffers[...][:, 0] and total_weight[0]
+    weights = [torch.zeros(0, device=dev)]
 
     with torch.inference_mode():
-        signal = audio.to(dev)
         moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
 
         def call(batch: Tensor) -> dict[str, Tensor]:
@@ -115,7 +190,7 @@ def run_segments(
             return {k: torch.nn.functional.pad(y, (0, seg - n)) for k, y in out.items()}
 
         def run(start: int, stop: int) -> dict[str, Tensor]:
-            inputs = [plan.segment_input(signal, i) for i in range(start, stop)]
+            inputs = [segment_input(i) for i in range(start, stop)]
             parts: list[dict[str, Tensor]] = []
             lo = 0
             while lo < len(inputs):  # runs of one input length
@@ -128,23 +203,50 @@ def run_segments(
                 return parts[0]
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+        def grow(x: Tensor, size: int) -> Tensor:
+            if size <= x.shape[-1]:
+                return x
+            return torch.cat([x, x.new_zeros(*x.shape[:-1], size - x.shape[-1])], dim=-1)
+
         def add(start: int, stop: int, outputs: dict[str, Tensor]) -> None:
+            origin = state["origin"]
             for i in range(start, stop):
                 pos, weight = plan.placement(i, dev)
                 lo, hi = max(pos, 0), min(pos + seg, length)
                 if lo >= hi:
                     continue
                 w = weight[lo - pos : hi - pos]
-                total_weight[lo:hi] += w
+                weights[0] = grow(weights[0], hi - origin)
+                weights[0][lo - origin : hi - origin] += w
                 for key, y in outputs.items():
                     if key not in buffers:
-                        buffers[key] = torch.zeros(int(y.shape[1]), length, device=dev)
-                    buffers[key][:, lo:hi].addcmul_(y[i - start, :, lo - pos : hi - pos].float(), w)
+                        buffers[key] = torch.zeros(int(y.shape[1]), 0, device=dev)
+                    buffers[key] = grow(buffers[key], hi - origin)
+                    buffers[key][:, lo - origin : hi - origin].addcmul_(
+                        y[i - start, :, lo - pos : hi - pos].float(), w
+                    )
+            # placements grow with i, except possibly the last one (demucs centres it)
+            final = (
+                length
+                if stop >= plan.n_segments
+                else min(plan.placement(stop, dev)[0], plan.placement(plan.n_segments - 1, dev)[0])
+            )
+            final = min(max(final, origin), length)
+            if final <= origin:
+                return
+            total = grow(weights[0], final - origin)[: final - origin]
+            if bool((total <= 0).any()):
+                raise EngineError("the segment plan leaves samples without weight")
+            done = {}
+            for key in list(buffers):
+                buf = grow(buffers[key], final - origin)
+                done[key] = buf[:, : final - origin] / total
+                buffers[key] = buf[:, final - origin :].clone()
+            weights[0] = grow(weights[0], final - origin)[final - origin :].clone()
+            state["origin"] = final
+            sink(done)
 
         map_batches(run, plan.n_segments, batch_size, on_done=add, progress=progress)
-        if bool((total_weight <= 0).any()):
-            raise EngineError("the segment plan leaves samples without weight")
-        return {k: (v / total_weight).to(home) for k, v in buffers.items()}
 
 
 class DemucsPlan:
@@ -181,6 +283,10 @@ class DemucsPlan:
         kept = min(self.length - offset, self.segment)
         lead = (self.segment - kept) // 2 if self.pad_last else 0
         return offset - lead, kept, lead
+
+    def segment_range(self, i: int) -> tuple[int, int]:
+        start, kept, _ = self._span(i)
+        return (start, start + kept) if not self.pad_last else (start, start + self.segment)
 
     def segment_input(self, audio: Tensor, i: int) -> Tensor:
         start, kept, _ = self._span(i)
@@ -236,6 +342,9 @@ class RoformerPlan:
         window = torch.hamming_window(chunk, periodic=False, dtype=torch.float64)
         self._window = window[: self.segment].float()
         self._on: dict[torch.device, Tensor] = {}
+
+    def segment_range(self, i: int) -> tuple[int, int]:
+        return self.starts[i], self.starts[i] + self.segment
 
     def segment_input(self, audio: Tensor, i: int) -> Tensor:
         start = self.starts[i]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from audiotool.audio import AudioData, BitDepth, ClipMode
     from audiotool.progress import Progress
+    from audiotool.stream import AudioSource
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,43 @@ class Produced:
     sample_rate: int = 0
     files: dict[str, Callable[[Path], None]] = dataclasses.field(default_factory=dict)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: long files: fills every output's temporary path (``{name: tmp}``, in the format of
+    #: the :class:`OutputOptions`) block by block as the work proceeds (the work runs inside
+    #: it, see :class:`Streaming`); may add to ``details``
+    write: Callable[[Mapping[str, Path], OutputOptions], None] | None = None
 
 
 ProcessFn = Callable[[WorkItem, "AudioData"], Produced]
+
+#: the long-file path of a task: ``(item, source) -> Produced`` whose :attr:`Produced.write`
+#: reads ``source`` in blocks and writes the outputs as they are finished
+StreamFn = Callable[[WorkItem, "AudioSource"], Produced]
+
+#: inputs longer than this (seconds, from the header) take a task's :class:`Streaming` path;
+#: the environment variable ``AUDIOTOOL_STREAM_SECONDS`` overrides it
+STREAM_SECONDS = 600.0
+
+
+def stream_seconds() -> float:
+    """The duration above which inputs are streamed (:data:`STREAM_SECONDS` or the
+    ``AUDIOTOOL_STREAM_SECONDS`` environment variable)."""
+    import os
+
+    value = os.environ.get("AUDIOTOOL_STREAM_SECONDS")
+    return float(value) if value else STREAM_SECONDS
+
+
+@dataclasses.dataclass(frozen=True)
+class Streaming:
+    """A process function with a long-file path: called like ``process``, and :func:`run_item`
+    calls ``stream`` instead for inputs longer than :func:`stream_seconds` (memory then
+    bounded by the chunk, not the duration; outputs equal to float precision)."""
+
+    process: ProcessFn
+    stream: StreamFn
+
+    def __call__(self, item: WorkItem, audio: AudioData) -> Produced:
+        return self.process(item, audio)
 
 
 #: builds a task's ``process`` (loads the model); gets the progress sink for per-file bars
@@ -182,7 +217,7 @@ def run_item(
     Raises:
         AudiotoolError: the file failed (the batch records it); UsageError stops the batch.
     """
-    from audiotool.audio import read_audio, save_audio
+    from audiotool.audio import read_audio
 
     if item.error is not None:
         raise item.error
@@ -195,26 +230,16 @@ def run_item(
             details={"resumed": True} if item.resumed else {},
         )
     token = current_input.set(str(item.input))
+    source = _long_input(item.input) if isinstance(process, Streaming) else None
     try:
-        audio = read_audio(item.input)
-        produced = process(item, audio)
-        with atomic_outputs(item.targets, protect=protect, overwrite=output.overwrite) as tmps:
-            for name, tmp in tmps.items():
-                target = Path(item.targets[name])
-                if name in produced.audio:
-                    save_audio(
-                        tmp,
-                        produced.audio[name],
-                        produced.sample_rate,
-                        bit_depth=output.bit_depth,
-                        clip=output.clip,
-                        fmt=output.format,
-                        name=target,
-                    )
-                elif name in produced.files:
-                    produced.files[name](tmp)
-                else:
-                    raise AssertionError(f"the task produced no output '{name}' for {target}")
+        if source is not None:
+            assert isinstance(process, Streaming)
+            with source:
+                produced = process.stream(item, source)
+                _write_streamed(item, produced, output=output, protect=protect)
+        else:
+            produced = process(item, read_audio(item.input))
+            _write(item, produced, output=output, protect=protect)
     finally:
         current_input.reset(token)
     return FileResult(
@@ -222,6 +247,61 @@ def run_item(
         outputs=[str(t) for t in item.targets.values()],
         details=produced.details,
     )
+
+
+def _long_input(path: Path) -> AudioSource | None:
+    """``path`` opened for streaming when its header says it is longer than
+    :func:`stream_seconds`; None otherwise (or when the header is unreadable: the in-memory
+    path reports that)."""
+    import soundfile as sf
+
+    from audiotool.stream import AudioSource
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+        return None
+    if not info.samplerate or info.frames / info.samplerate <= stream_seconds():
+        return None
+    return AudioSource(path)
+
+
+def _write_streamed(
+    item: WorkItem, produced: Produced, *, output: OutputOptions, protect: Sequence[Path]
+) -> None:
+    with atomic_outputs(item.targets, protect=protect, overwrite=output.overwrite) as tmps:
+        if produced.write is not None:
+            produced.write(tmps, output)
+        for name, tmp in tmps.items():
+            if name in produced.files:
+                produced.files[name](tmp)
+
+
+def _write(
+    item: WorkItem, produced: Produced, *, output: OutputOptions, protect: Sequence[Path]
+) -> None:
+    from audiotool.audio import save_audio
+
+    if produced.write is not None:
+        _write_streamed(item, produced, output=output, protect=protect)
+        return
+    with atomic_outputs(item.targets, protect=protect, overwrite=output.overwrite) as tmps:
+        for name, tmp in tmps.items():
+            target = Path(item.targets[name])
+            if name in produced.audio:
+                save_audio(
+                    tmp,
+                    produced.audio[name],
+                    produced.sample_rate,
+                    bit_depth=output.bit_depth,
+                    clip=output.clip,
+                    fmt=output.format,
+                    name=target,
+                )
+            elif name in produced.files:
+                produced.files[name](tmp)
+            else:
+                raise AssertionError(f"the task produced no output '{name}' for {target}")
 
 
 #: runs items, yields ``(index in items, result)`` in any order

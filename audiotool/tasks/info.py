@@ -13,12 +13,14 @@ from audiotool.tasks._batch import (
     ProcessFn,
     Produced,
     ScaleOptions,
+    Streaming,
     WorkItem,
     run_files,
 )
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
+    from audiotool.stream import AudioSource
 
 
 def describe_file(path: Path) -> dict[str, Any]:
@@ -53,9 +55,36 @@ def describe_audio(audio: AudioData) -> dict[str, Any]:
     }
 
 
+def describe_source(source: AudioSource) -> dict[str, Any]:
+    """:func:`describe_audio` of a file read in blocks (peak, RMS and the spectrum of the
+    bandwidth estimate in one streaming pass each; memory bounded by the block)."""
+    from audiotool.audio import to_db
+    from audiotool.dsp import estimate_cutoff_from_spectrum
+    from audiotool.stream import levels, long_term_spectrum
+
+    top, level = levels(source.blocks())
+    freqs, power = long_term_spectrum(source.read, source.frames, source.sample_rate)
+    return {
+        "sample_rate": source.sample_rate,
+        "channels": source.channels,
+        "frames": source.frames,
+        "duration": round(source.duration, 6),
+        "format": source.format,
+        "subtype": source.subtype,
+        "peak_dbfs": round(to_db(top), 2),
+        "rms_dbfs": round(to_db(level), 2),
+        "bandwidth_hz": round(estimate_cutoff_from_spectrum(freqs, power, source.sample_rate), 1),
+        "nyquist_hz": source.sample_rate / 2,
+    }
+
+
 def start_info(progress: Progress | None) -> ProcessFn:
-    """The process function of :func:`info_batch` (no model to load)."""
-    return _describe
+    """The process function of :func:`info_batch` (no model to load; long files stream)."""
+    return Streaming(_describe, _describe_stream)
+
+
+def _describe_stream(item: WorkItem, source: AudioSource) -> Produced:
+    return Produced(details=describe_source(source))
 
 
 def _describe(item: WorkItem, audio: AudioData) -> Produced:

@@ -28,6 +28,7 @@ from audiotool.tasks._batch import (
     Produced,
     RuntimeOptions,
     ScaleOptions,
+    Streaming,
     WorkItem,
     output_planner,
     run_files,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
     from audiotool.audio import AudioData
     from audiotool.hub import LoadedModel
+    from audiotool.stream import AudioSource
 
 log = logging.getLogger(__name__)
 
@@ -650,6 +652,31 @@ def start_separator(
     net, run_config = load_separator(members, common, runtime=rt, method=options.ensemble)
     context_fn = _query_context(run_config, options, rt) if len(members) == 1 else None
 
+    def stream(item: WorkItem, source: AudioSource) -> Produced:
+        kwargs = context_fn(torch.zeros(1, 1), source.sample_rate) if context_fn else {}
+        details = {
+            "stems": list(chosen) + ([residual_name(chosen)] if options.residual else []),
+            "sample_rate": source.sample_rate,
+            "duration": round(source.duration, 3),
+            "streamed": True,
+        }
+
+        def write(tmps: Mapping[str, Path], output: OutputOptions) -> None:
+            stream_separation(
+                net,
+                run_config,
+                source,
+                {n: (tmps[n], Path(item.targets[n])) for n in tmps},
+                chosen=chosen,
+                options=options,
+                runtime=rt,
+                output=output,
+                progress=progress,
+                model_kwargs=kwargs,
+            )
+
+        return Produced(details=details, write=write)
+
     def process(item: WorkItem, audio: AudioData) -> Produced:
         kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
         stems = separate_tensor(
@@ -672,7 +699,137 @@ def start_separator(
         }
         return Produced(outputs, audio.sample_rate, details=details)
 
+    mixture_query = getattr(run_config, "query_source", "reference") == "mixture"
+    if streamable(run_config, options) and not (context_fn is not None and mixture_query):
+        return Streaming(process, stream)
     return process
+
+
+def streamable(config: Any, options: SeparateOptions) -> bool:
+    """Whether long files of ``config``'s model separate in a stream (:func:`stream_separation`):
+    audiotool's overlap-add and the RoFormer scheme without ``--shifts``. Ensembles, the demucs
+    scheme (normalised by the whole file's mean and deviation), shifts and mixture queries (a
+    whole-file embedding) read the whole file."""
+    if isinstance(config, EnsembleConfig) or demucs_scheme(config):
+        return False
+    return options.shifts == 0
+
+
+def stream_separation(
+    model: nn.Module,
+    config: Any,
+    source: AudioSource,
+    outputs: Mapping[str, tuple[Path, Path]],
+    *,
+    chosen: Sequence[str],
+    options: SeparateOptions,
+    runtime: Runtime,
+    output: OutputOptions,
+    progress: Progress | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """:func:`separate_tensor` of a file read in blocks, the stems written as they are finished.
+
+    The mixture is resampled to the model rate per chunk (:class:`audiotool.stream.Resampled`),
+    chunks go through the model (every input channel separately when the counts differ, as in
+    :func:`separate_tensor`), finished regions are made mixture-consistent if asked, resampled
+    back (:class:`audiotool.stream.StreamResampler`), the residual taken, and the blocks
+    written (:class:`audiotool.stream.AudioSink`). Equal to the in-memory path to float
+    precision; memory bounded by the chunk.
+
+    Args:
+        source: the input.
+        outputs: ``{name: (temporary path, final path)}`` for the chosen stems (+ residual).
+        chosen: the stems written.
+    """
+    from audiotool.engine.overlap_add import OverlapAddProcessor, _as_dict
+    from audiotool.stream import AudioSink, Resampled, StreamResampler
+
+    rate, sr, length = int(config.sample_rate), source.sample_rate, source.frames
+    model_channels = int(getattr(config, "audio_channels", 2))
+    c_in = source.channels
+    stems = model_stems(config)
+    mix = Resampled(source.read, length, sr, rate)
+    kwargs = dict(model_kwargs or {})
+
+    def per_channel(batch: Tensor, **kw: Any) -> dict[str, Tensor]:
+        outs = [
+            _as_dict(model(batch[:, c : c + 1].expand(-1, model_channels, -1), **kw), len(batch))
+            for c in range(c_in)
+        ]
+        return {s: torch.cat([o[s].mean(1, keepdim=True) for o in outs], 1) for s in stems}
+
+    net: Callable[..., Any] = model if c_in == model_channels else per_channel
+    sinks = {
+        n: AudioSink(
+            tmp,
+            sr,
+            c_in,
+            bit_depth=output.bit_depth,
+            clip=output.clip,
+            fmt=output.format,
+            name=final,
+        )
+        for n, (tmp, final) in outputs.items()
+    }
+    back = {s: StreamResampler(mix.length, rate, sr) for s in stems}
+    at = {"model": 0, "file": 0}
+
+    def sink(blocks: dict[str, Tensor]) -> None:
+        n = int(blocks[stems[0]].shape[-1])
+        if options.mixture_consistent:
+            x = mix(at["model"], at["model"] + n).to(blocks[stems[0]].device)
+            excess = (x - sum(blocks[s] for s in stems)) / len(stems)
+            blocks = {s: blocks[s] + excess for s in stems}
+        at["model"] += n
+        final = at["model"] >= mix.length
+        ready = {s: back[s].push(blocks[s], final=final).float().cpu() for s in chosen}
+        lo = at["file"]
+        hi = min(length, lo + int(ready[chosen[0]].shape[-1]))
+        ready = {s: v[:, : hi - lo] for s, v in ready.items()}
+        if options.residual:
+            ready[residual_name(chosen)] = source.read(lo, hi) - sum(ready.values())
+        for name, block in ready.items():
+            sinks[name].write(block)
+        at["file"] = hi
+
+    chunks_cb = chunk_progress(progress)
+    try:
+        if getattr(config, "family", "") in SEGMENT_FAMILIES:
+            from audiotool.engine.segments import RoformerPlan, stream_segments
+
+            chunk_n, step_n = segment_chunking(config, options)
+            stream_segments(
+                net,
+                mix,
+                RoformerPlan(mix.length, chunk=chunk_n, step=step_n),
+                sink,
+                batch_size=runtime.batch_size,
+                device=runtime.device,
+                dtype=runtime.dtype,
+                progress=chunks_cb,
+                **kwargs,
+            )
+        else:
+            chunk, hop = chunk_plan(config, options)
+            OverlapAddProcessor(chunk, hop, rate).stream(
+                net,
+                mix,
+                mix.length,
+                sink,
+                runtime.batch_size,
+                runtime.device,
+                dtype=runtime.dtype,
+                progress=chunks_cb,
+                **kwargs,
+            )
+        if at["file"] < length:  # the model rate rounds the length up: never short, but check
+            raise AssertionError(f"streamed separation ended at {at['file']} of {length}")
+        for s in sinks.values():
+            s.close()
+    finally:
+        for s in sinks.values():
+            s.discard()
 
 
 def separate_files(
