@@ -93,11 +93,18 @@ def run_segments(
     home = audio.device
     dev = torch.device(device) if device is not None else home
     signal = audio.to(dev)
-    parts: dict[str, list[Tensor]] = {}
+    outputs: dict[str, Tensor] = {}  # filled block by block in order: no list, no final cat
+    filled = {"n": 0}
 
     def sink(blocks: dict[str, Tensor]) -> None:
+        n = 0
         for key, block in blocks.items():
-            parts.setdefault(key, []).append(block)
+            if key not in outputs:  # a normal tensor (callers may update it in place)
+                with torch.inference_mode(False):
+                    outputs[key] = torch.empty(int(block.shape[0]), plan.length, device=home)
+            n = int(block.shape[-1])
+            outputs[key][:, filled["n"] : filled["n"] + n] = block
+        filled["n"] += n
 
     _run(
         model,
@@ -110,7 +117,9 @@ def run_segments(
         progress=progress,
         model_kwargs=model_kwargs,
     )
-    return {k: torch.cat(v, dim=-1).to(home) for k, v in parts.items()}
+    if filled["n"] != plan.length:  # internal invariant of _run: every sample handed over once
+        raise AssertionError(f"segments covered {filled['n']} of {plan.length} samples")
+    return outputs
 
 
 def stream_segments(

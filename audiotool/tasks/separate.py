@@ -336,7 +336,7 @@ def _separate_demucs(
     """:func:`separate_tensor` for demucs-scheme models: the mixture is standardised by the
     mean/std of its channel mean (demucs' ``Separator``), cut by
     :class:`~audiotool.engine.segments.DemucsPlan`, and de-standardised."""
-    from audiotool.audio import resample
+    from audiotool.audio import finish, resample
     from audiotool.engine.segments import DemucsPlan, run_segments
 
     rate = int(config.sample_rate)
@@ -367,7 +367,10 @@ def _separate_demucs(
     ]
     stems = model_stems(config)
     groups = _channel_groups(x, int(config.audio_channels))
-    total = {s: torch.zeros(c_in, x.shape[-1], device=runtime.device) for s in stems}
+    # the stems are accumulated in place (no per-stem temporaries): for a 10-minute song each
+    # (C, T) copy of four stems is 0.8 GB
+    total: dict[str, Tensor] = {}
+    per_channel = c_in != int(config.audio_channels)
     chunks_cb = chunk_progress(progress)
     for gi, g in enumerate(groups):
         ref = g.mean(0)
@@ -388,22 +391,24 @@ def _separate_demucs(
                 progress=chunks_cb,
             )
             for s in stems:
-                y = out[s][..., lead:].to(runtime.device) * std + mean
-                if c_in != int(config.audio_channels):
+                y = out.pop(s)[..., lead:].to(runtime.device).mul_(std).add_(mean)
+                if per_channel:
+                    if s not in total:
+                        total[s] = torch.zeros(c_in, x.shape[-1], device=runtime.device)
                     total[s][gi] += y.mean(0)
+                elif s not in total:
+                    total[s] = y
                 else:
                     total[s] += y
-    result = {s: v / max(len(shifts), 1) for s, v in total.items()}
+            del out
+    if len(shifts) > 1:
+        for v in total.values():
+            v.div_(len(shifts))
     if options.mixture_consistent:
-        excess = (x - sum(result.values())) / len(stems)
-        result = {s: v + excess for s, v in result.items()}
-    back = {
-        s: resample(v, rate, sample_rate)[..., :length].float().cpu() for s, v in result.items()
-    }
-    for s, v in back.items():
-        if v.shape[-1] < length:
-            back[s] = torch.nn.functional.pad(v, (0, length - v.shape[-1]))
-    return back
+        excess = (x - sum(total.values())) / len(stems)
+        for v in total.values():
+            v.add_(excess)
+    return {s: finish(total.pop(s), rate, sample_rate, length) for s in stems}
 
 
 # --------------------------------------------------------------------------- ensembles
