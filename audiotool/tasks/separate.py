@@ -223,7 +223,7 @@ def separate_tensor(
     """
     import torch
 
-    from audiotool.audio import finish, match_channels, prepare
+    from audiotool.audio import finish, prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor
 
     if isinstance(config, EnsembleConfig):
@@ -281,14 +281,13 @@ def separate_tensor(
     stems = model_stems(config)
     total = {s: torch.zeros(c_in, x.shape[-1], device=runtime.device) for s in stems}
     for offset in offsets:
-        for gi in range(c_in if per_channel else 1):
-            g = match_channels(x[gi : gi + 1], model_channels) if per_channel else x
+        for gi, g in enumerate(_channel_groups(x, model_channels)):
             padded = torch.nn.functional.pad(g, (offset, 0)) if offset else g
             out = run(padded)
             for s in stems:
                 y = out[s][..., offset : offset + g.shape[-1]].to(runtime.device)
                 if per_channel:
-                    total[s][gi] += match_channels(y, 1)[0]
+                    total[s][gi] += y.mean(0)
                 else:
                     total[s] += y
     result = {s: v / len(offsets) for s, v in total.items()}
@@ -316,8 +315,9 @@ def _segment_cap(config: Any) -> int | None:
 
 
 def _channel_groups(x: Tensor, model_channels: int) -> list[Tensor]:
-    """The model inputs ``(C_m, T)`` for a ``(C, T)`` mixture: itself when the channel counts
-    match, else each channel on its own, duplicated to ``C_m`` (its stems averaged back)."""
+    """The separation channel policy, for every scheme: the model inputs ``(C_m, T)`` for a
+    ``(C, T)`` mixture are the mixture itself when the channel counts match, else each channel
+    on its own, duplicated to ``C_m`` (the caller averages its stems back to one channel)."""
     if x.shape[0] == model_channels:
         return [x]
     return [x[c : c + 1].expand(model_channels, -1) for c in range(x.shape[0])]
