@@ -284,28 +284,28 @@ class OverlapAddProcessor:
         """
         if audio.dim() == 1:
             audio = audio.unsqueeze(0)
-        if audio.dim() != 2:
-            raise EngineError(f"audio must be (C, T), got shape {tuple(audio.shape)}")
         home = audio.device
         dev = torch.device(device) if device is not None else home
+        with torch.inference_mode():
+            job = self.job(audio, dev, **model_kwargs)
+            job.run(model, batch_size, dtype=dtype, progress=progress)
+            return {k: v.to(home) for k, v in job.result().items()}
+
+    def job(
+        self, audio: Tensor, device: torch.device | str | None = None, **model_kwargs: Any
+    ) -> OverlapAddJob:
+        """The work of :meth:`process` on ``audio`` ``(C, T)`` as a :class:`OverlapAddJob`: its
+        chunks and its output buffers, for a driver that also runs other signals' chunks in
+        the same forward passes (:func:`audiotool.engine.packing.run_packed`). The chunks and
+        buffers live on ``device``; :meth:`OverlapAddJob.result` stays there."""
+        if audio.dim() != 2:
+            raise EngineError(f"audio must be (C, T), got shape {tuple(audio.shape)}")
+        dev = torch.device(device) if device is not None else audio.device
         plan = plan_chunks(int(audio.shape[-1]), self.chunk, self.hop, self.context)
         with torch.inference_mode():
             source = ChunkSource(audio.to(dev), plan, self.pad_mode)
-            acc = _Accumulator(plan)
             moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
-
-            def run(start: int, stop: int) -> dict[str, Tensor]:
-                batch = source.batch(start, stop)
-                kwargs = _expand_kwargs(moved, stop - start)
-                if dtype is not None:
-                    with torch.autocast(device_type=dev.type, dtype=dtype):
-                        out = model(batch, **kwargs)
-                else:
-                    out = model(batch, **kwargs)
-                return _as_dict(out, stop - start)
-
-            map_batches(run, plan.n_chunks, batch_size, on_done=acc.add, progress=progress)
-            return {k: v.to(home) for k, v in acc.result().items()}
+        return OverlapAddJob(plan, source, _Accumulator(plan), moved, dev)
 
     def stream(
         self,
@@ -326,24 +326,108 @@ class OverlapAddProcessor:
         that together are exactly :meth:`process`'s ``{key: (C', T')}`` (to float
         precision: the same sums). Memory is bounded by the chunk and the batch, not by
         ``length``."""
+        with torch.inference_mode():
+            job = self.stream_job(read, length, sink, device, **model_kwargs)
+            job.run(model, batch_size, dtype=dtype, progress=progress)
+
+    def stream_job(
+        self,
+        read: Span,
+        length: int,
+        sink: Sink,
+        device: torch.device | str | None = None,
+        **model_kwargs: Any,
+    ) -> OverlapAddJob:
+        """The work of :meth:`stream` as a :class:`OverlapAddJob` (see :meth:`job`): the
+        finished outputs go to ``sink`` as its chunks' outputs are added."""
         dev = torch.device(device) if device is not None else torch.device("cpu")
         plan = plan_chunks(int(length), self.chunk, self.hop, self.context)
+        source = SpanChunkSource(read, plan, self.pad_mode, dev)
         with torch.inference_mode():
-            source = SpanChunkSource(read, plan, self.pad_mode, dev)
-            acc = _StreamAccumulator(plan, sink)
             moved = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
+        return OverlapAddJob(plan, source, _StreamAccumulator(plan, sink), moved, dev)
 
-            def run(start: int, stop: int) -> dict[str, Tensor]:
-                batch = source.batch(start, stop)
-                kwargs = _expand_kwargs(moved, stop - start)
-                if dtype is not None:
-                    with torch.autocast(device_type=dev.type, dtype=dtype):
-                        out = model(batch, **kwargs)
-                else:
-                    out = model(batch, **kwargs)
-                return _as_dict(out, stop - start)
 
-            map_batches(run, plan.n_chunks, batch_size, on_done=acc.add, progress=progress)
+class OverlapAddJob:
+    """The chunks of one signal and the accumulation of their outputs: the state of
+    :meth:`OverlapAddProcessor.process` (or :meth:`~OverlapAddProcessor.stream`).
+
+    :meth:`run` feeds its own chunks to a model; a packing driver
+    (:func:`audiotool.engine.packing.run_packed`) instead cuts :meth:`chunks` of several jobs
+    into one forward and hands each job its part of the outputs (:meth:`add`). Chunk ``i``'s
+    output is added exactly as :meth:`OverlapAddProcessor.process` adds it, whatever batch it
+    came from.
+
+    Attributes:
+        n_chunks: ``N``.
+        kwargs: the model keyword arguments of this signal (on the device; a tensor with a
+            leading dimension of 1 is per signal and expanded to the chunks of a batch).
+        device: where chunks and buffers live.
+    """
+
+    def __init__(
+        self,
+        plan: ChunkPlan,
+        source: ChunkSource | SpanChunkSource,
+        accumulator: _Accumulator | _StreamAccumulator,
+        kwargs: Mapping[str, Any],
+        device: torch.device,
+    ) -> None:
+        self.plan, self.source, self.accumulator = plan, source, accumulator
+        self.kwargs, self.device = dict(kwargs), device
+
+    @property
+    def n_chunks(self) -> int:
+        return self.plan.n_chunks
+
+    def chunks(self, start: int, stop: int) -> Tensor:
+        """Chunks ``start:stop`` as ``(b, C, L)``."""
+        return self.source.batch(start, stop)
+
+    def add(self, start: int, stop: int, outputs: dict[str, Tensor]) -> None:
+        """Add the model outputs ``{key: (stop - start, C', L')}`` of chunks ``start:stop``."""
+        self.accumulator.add(start, stop, outputs)
+
+    def run(
+        self,
+        model: ChunkModel,
+        batch_size: int,
+        *,
+        dtype: torch.dtype | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Every chunk through ``model`` in mini-batches of ``batch_size`` (halved on
+        out-of-memory), outputs added."""
+
+        def run(start: int, stop: int) -> dict[str, Tensor]:
+            kwargs = _expand_kwargs(self.kwargs, stop - start)
+            return forward(model, self.chunks(start, stop), kwargs, self.device, dtype)
+
+        map_batches(run, self.n_chunks, batch_size, on_done=self.add, progress=progress)
+
+    def result(self) -> dict[str, Tensor]:
+        """``{key: (C', T')}`` on the device, once every chunk was added (a job made by
+        :meth:`OverlapAddProcessor.job`; a streamed job has handed everything to its sink)."""
+        if not isinstance(self.accumulator, _Accumulator):
+            raise EngineError("a streamed job hands its outputs to its sink")
+        return self.accumulator.result()
+
+
+def forward(
+    model: ChunkModel,
+    batch: Tensor,
+    kwargs: Mapping[str, Any],
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, Tensor]:
+    """One forward of ``batch`` ``(b, C, L)`` (under autocast to ``dtype`` when given), the
+    output as ``{key: (b, C', L')}``."""
+    if dtype is not None:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            out = model(batch, **kwargs)
+    else:
+        out = model(batch, **kwargs)
+    return _as_dict(out, int(batch.shape[0]))
 
 
 def _expand_kwargs(kwargs: Mapping[str, Any], b: int) -> dict[str, Any]:

@@ -58,7 +58,13 @@ class Subsampling(nn.Module):
     def forward(self, mel: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, N, M)`` -> ``(B, ceil(N / 8), D)``."""
         h = mel[:, None]  # (B, 1, N, M)
-        if lengths is None:
+        if lengths is None and not torch.is_grad_enabled() and h.shape[0] > 1:
+            # at inference one item at a time: oneDNN picks another convolution algorithm for
+            # another batch size, and a clip's frames would change in the last bits with the
+            # clips batched beside it (--batch-size, packed files); the rest of the encoder is
+            # row-independent, so this makes its output batch-invariant on the CPU
+            h = torch.cat([self.convs(row) for row in h.split(1)])
+        elif lengths is None:
             h = self.convs(h)
         else:
             n = lengths

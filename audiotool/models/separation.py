@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.batching import per_row
 from audiotool.errors import ConfigError, InputError
 from audiotool.models._config import ModelFamily
 from audiotool.models.configs import STEMS4, BandSplitConfig
@@ -193,7 +194,8 @@ class BandSplitSeparator(nn.Module):
         if self.query_film is not None:
             if query is None:
                 raise InputError("this model needs a query embedding (query=...)")
-            gamma, beta = self.query_film(query.float()).chunk(2, dim=-1)
+            # row by row: a file's FiLM does not depend on the queries batched beside it
+            gamma, beta = per_row(self.query_film, query.float()).chunk(2, dim=-1)
             h = h * (1 + gamma[:, None, None, :]) + beta[:, None, None, :]
         for time_layer, band_layer in zip(self.time_layers, self.band_layers, strict=True):
             h = time_layer(h.reshape(b * k, n, d)).reshape(b, k, n, d)

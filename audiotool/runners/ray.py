@@ -90,12 +90,14 @@ class ItemWorker:
         import dataclasses
 
         from audiotool.errors import AudiotoolError
+        from audiotool.tasks._packing import per_file
 
         self.output = dataclasses.replace(output, overwrite=True, skip_existing=False)
         self.protect = [Path(p) for p in protect]
         self.fatal: dict[str, str | None] | None = None
         try:
-            self.process = start(None)
+            # file by file: a worker gets one item per call (no packing, no read-ahead)
+            self.process = per_file(start(None))
         except AudiotoolError as exc:  # reported by the driver, not retried forever
             self.fatal = {"message": exc.message, "hint": exc.hint}
 

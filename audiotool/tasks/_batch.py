@@ -314,6 +314,11 @@ def execute(
 ) -> BatchReport:
     """Run every item of ``plan`` in order, here, collecting failures (see the module docstring).
 
+    The next inputs are read ahead on a background thread, and a ``process`` that is a
+    :class:`~audiotool.tasks._packing.Packing` runs consecutive short files through shared
+    forward passes (:func:`audiotool.tasks._packing.local_runner`; ``AUDIOTOOL_PACK=0``: file
+    by file, nothing read ahead). Results, manifest rows and ``--fail-fast`` keep input order.
+
     Unexpected exceptions (bugs) are recorded as failures with the exception type, unless
     ``AUDIOTOOL_DEBUG`` is set, in which case they propagate with their traceback.
 
@@ -324,13 +329,17 @@ def execute(
         UsageError: raised by ``process`` (an option that cannot work for any file).
         BatchInterrupted: Ctrl-C; carries the report so far.
     """
+    from audiotool.tasks._packing import local_runner, per_file
+
     protect = plan.inputs
+    single = per_file(process)
 
     def run_here(items: Sequence[WorkItem]) -> Iterator[tuple[int, FileResult]]:
         for i, item in enumerate(items):
-            yield i, run_one(item, process, output=output, protect=protect)
+            yield i, run_one(item, single, output=output, protect=protect)
 
-    return drive(plan, run_here, output=output, progress=progress, on_result=on_result)
+    runner = local_runner(process, output=output, protect=protect) or run_here
+    return drive(plan, runner, output=output, progress=progress, on_result=on_result)
 
 
 def drive(

@@ -211,8 +211,13 @@ def run_item(
     *,
     output: OutputOptions = OutputOptions(),
     protect: Sequence[Path] = (),
+    read: Callable[[Path], AudioData] | None = None,
 ) -> FileResult:
     """Process and write one planned item (the unit a shard or a remote worker runs).
+
+    Args:
+        read: how the input is read (default :func:`audiotool.audio.read_audio`; the local
+            driver passes the audio it read ahead, :mod:`audiotool.tasks._prefetch`).
 
     Raises:
         AudiotoolError: the file failed (the batch records it); UsageError stops the batch.
@@ -238,7 +243,7 @@ def run_item(
                 produced = process.stream(item, source)
                 _write_streamed(item, produced, output=output, protect=protect)
         else:
-            produced = process(item, read_audio(item.input))
+            produced = process(item, (read or read_audio)(item.input))
             _write(item, produced, output=output, protect=protect)
     finally:
         current_input.reset(token)
@@ -309,7 +314,12 @@ Runner = Callable[[Sequence[WorkItem]], Iterator[tuple[int, FileResult]]]
 
 
 def run_one(
-    item: WorkItem, process: ProcessFn, *, output: OutputOptions, protect: Sequence[Path]
+    item: WorkItem,
+    process: ProcessFn,
+    *,
+    output: OutputOptions,
+    protect: Sequence[Path],
+    read: Callable[[Path], AudioData] | None = None,
 ) -> FileResult:
     """:func:`run_item` timed, a per-file error turned into a ``failed`` result.
 
@@ -318,7 +328,7 @@ def run_one(
     """
     t0 = time.perf_counter()
     try:
-        result = run_item(item, process, output=output, protect=protect)
+        result = run_item(item, process, output=output, protect=protect, read=read)
     except UsageError:
         raise
     except AudiotoolError as exc:

@@ -36,6 +36,7 @@ from audiotool.tasks._batch import (
     output_planner,
     run_files,
 )
+from audiotool.tasks._packing import FileWork, Packing
 from audiotool.tasks.common import (
     Runtime,
     TaskModel,
@@ -46,6 +47,7 @@ from audiotool.tasks.common import (
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
+    from audiotool.engine.overlap_add import OverlapAddJob
     from audiotool.models.audio_branch import AudioBranch, AudioBranchConfig
     from audiotool.stream import AudioSource
 
@@ -122,26 +124,44 @@ def _embed_span(
     runtime: Runtime,
     progress: Progress | None,
 ) -> Embedding:
-    from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
-
-    rate = config.sample_rate
-    step = model.frame_samples / rate
-    chunk, hop = frame_chunking(
-        length, rate, model.frame_samples, config.chunk_seconds, config.hop_seconds
-    )
-    proc = OverlapAddProcessor(chunk, hop, rate)
-    parts: list[Tensor] = []
+    job, parts = _frames_job(model, config, read, length, runtime=runtime)
     with torch.inference_mode():
-        proc.stream(
+        job.run(
             model.frame_model,
-            read,
-            length,
-            lambda blocks: parts.append(blocks["output"]),
             runtime.batch_size,
-            runtime.device,
             dtype=runtime.dtype,
             progress=chunk_progress(progress),
         )
+    return _embedding(model, config, parts)
+
+
+def _frames_job(
+    model: AudioBranch,
+    config: AudioBranchConfig,
+    read: Callable[[int, int], Tensor],
+    length: int,
+    *,
+    runtime: Runtime,
+) -> tuple[OverlapAddJob, list[Tensor]]:
+    """The frame encoder's overlap-add job over a mono signal of ``length`` samples at the
+    model rate, and the list its finished ``(D, n)`` frame blocks are appended to."""
+    from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
+
+    rate = config.sample_rate
+    chunk, hop = frame_chunking(
+        length, rate, model.frame_samples, config.chunk_seconds, config.hop_seconds
+    )
+    parts: list[Tensor] = []
+    job = OverlapAddProcessor(chunk, hop, rate).stream_job(
+        read, length, lambda blocks: parts.append(blocks["output"]), runtime.device
+    )
+    return job, parts
+
+
+def _embedding(model: AudioBranch, config: AudioBranchConfig, parts: list[Tensor]) -> Embedding:
+    """Segment pooling over the file's frames (``parts``: its ``(D, n)`` blocks in order)."""
+    step = model.frame_samples / config.sample_rate
+    with torch.inference_mode():
         frames = torch.cat(parts, dim=-1).T[None]  # (1, F, D)
         segments, pooled = model.pool(frames)
     f = frames.shape[1]
@@ -291,6 +311,19 @@ def start_embedder(
         emb = embed_source(net, cfg, source, runtime=rt, progress=progress)
         return produced(item, emb, source.duration)
 
+    def prepare_input(item: WorkItem, audio: AudioData) -> Tensor:  # (1, T) at the model rate
+        from audiotool.audio import prepare
+
+        return prepare(
+            audio.samples, audio.sample_rate, cfg.sample_rate, channels=1, device=rt.device
+        )
+
+    def plan(item: WorkItem, audio: AudioData, x: Tensor) -> FileWork:
+        from audiotool.stream import tensor_span
+
+        job, parts = _frames_job(net, cfg, tensor_span(x), int(x.shape[-1]), runtime=rt)
+        return FileWork([job], lambda: produced(item, _embedding(net, cfg, parts), audio.duration))
+
     def produced(item: WorkItem, emb: Embedding, duration: float) -> Produced:
         details = {
             "segments": int(emb.segments.shape[0]),
@@ -324,7 +357,16 @@ def start_embedder(
 
         return Produced(files={"embedding": write}, details=details)
 
-    return Streaming(process, stream)
+    return Packing(
+        Streaming(process, stream),
+        prepare_input,
+        plan,
+        net.frame_model,
+        rt.batch_size,
+        rt.device,
+        rt.dtype,
+        progress,
+    )
 
 
 def embed_files(

@@ -33,6 +33,7 @@ from audiotool.tasks._batch import (
     output_planner,
     run_files,
 )
+from audiotool.tasks._packing import FileWork, Packing
 from audiotool.tasks.common import (
     Runtime,
     TaskModel,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from audiotool.audio import AudioData
+    from audiotool.engine.overlap_add import OverlapAddJob
     from audiotool.hub import LoadedModel
     from audiotool.stream import AudioSource
 
@@ -223,7 +225,7 @@ def separate_tensor(
     """
     import torch
 
-    from audiotool.audio import finish, prepare
+    from audiotool.audio import prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor
 
     if isinstance(config, EnsembleConfig):
@@ -283,18 +285,95 @@ def separate_tensor(
     for offset in offsets:
         for gi, g in enumerate(_channel_groups(x, model_channels)):
             padded = torch.nn.functional.pad(g, (offset, 0)) if offset else g
-            out = run(padded)
-            for s in stems:
-                y = out[s][..., offset : offset + g.shape[-1]].to(runtime.device)
-                if per_channel:
-                    total[s][gi] += y.mean(0)
-                else:
-                    total[s] += y
-    result = {s: v / len(offsets) for s, v in total.items()}
+            _add_group(total, run(padded), gi, offset, per_channel=per_channel)
+    return _stems_at_input_rate(total, len(offsets), x, config, options, sample_rate, length)
+
+
+def _add_group(
+    total: dict[str, Tensor], out: Mapping[str, Tensor], gi: int, offset: int, *, per_channel: bool
+) -> None:
+    """Add the stems ``{stem: (C_m, offset + T)}`` of channel group ``gi`` (delayed by
+    ``offset``) into ``total`` ``{stem: (C, T)}`` (the group's channel mean when every input
+    channel was separated on its own)."""
+    for s, acc in total.items():
+        y = out[s][..., offset : offset + acc.shape[-1]].to(acc.device)
+        if per_channel:
+            acc[gi] += y.mean(0)
+        else:
+            acc += y
+
+
+def _stems_at_input_rate(
+    total: dict[str, Tensor],
+    passes: int,
+    x: Tensor,
+    config: Any,
+    options: SeparateOptions,
+    sample_rate: int,
+    length: int,
+) -> dict[str, Tensor]:
+    """The mean of ``passes`` summed passes, made mixture-consistent with ``x`` ``(C, T)`` (the
+    mixture at the model rate) if asked, back at ``sample_rate`` and ``length`` samples."""
+    from audiotool.audio import finish
+
+    rate = int(config.sample_rate)
+    result = {s: v / passes for s, v in total.items()}
     if options.mixture_consistent:
-        excess = (x - sum(result.values())) / len(stems)
+        excess = (x - sum(result.values())) / len(result)
         result = {s: v + excess for s, v in result.items()}
     return {s: finish(v, rate, sample_rate, length) for s, v in result.items()}
+
+
+def packable(config: Any, options: SeparateOptions) -> bool:
+    """Whether short files of ``config``'s model can share forward passes
+    (:mod:`audiotool.tasks._packing`): audiotool's overlap-add scheme without ``--shifts``.
+    The RoFormer and demucs schemes (their own segment weighting) and ensembles run file by
+    file."""
+    if isinstance(config, EnsembleConfig) or demucs_scheme(config):
+        return False
+    return getattr(config, "family", "") not in SEGMENT_FAMILIES and options.shifts == 0
+
+
+def separation_jobs(
+    config: Any,
+    x: Tensor,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> list[OverlapAddJob]:
+    """The overlap-add jobs of a mixture ``x`` ``(C, T)`` at the model rate: one per channel
+    group (:func:`_channel_groups`), each chunk with ``model_kwargs`` (a per-file query)."""
+    from audiotool.engine.overlap_add import OverlapAddProcessor
+
+    chunk, hop = chunk_plan(config, options)
+    processor = OverlapAddProcessor(chunk, hop, int(config.sample_rate))
+    groups = _channel_groups(x, int(getattr(config, "audio_channels", 2)))
+    return [processor.job(g, runtime.device, **dict(model_kwargs or {})) for g in groups]
+
+
+def stems_from_jobs(
+    config: Any,
+    x: Tensor,
+    jobs: Sequence[OverlapAddJob],
+    *,
+    channels: int,
+    options: SeparateOptions,
+    runtime: Runtime,
+    sample_rate: int,
+    length: int,
+) -> dict[str, Tensor]:
+    """:func:`separate_tensor`'s result from the finished :func:`separation_jobs` of ``x``
+    (the input had ``channels`` channels and ``length`` samples at ``sample_rate``)."""
+    total = {
+        s: torch.zeros(channels, x.shape[-1], device=runtime.device) for s in model_stems(config)
+    }
+    per_channel = channels != int(getattr(config, "audio_channels", 2))
+    for gi, job in enumerate(jobs):
+        with torch.inference_mode():
+            out = job.result()
+        _add_group(total, out, gi, 0, per_channel=per_channel)
+    return _stems_at_input_rate(total, 1, x, config, options, sample_rate, length)
 
 
 def demucs_scheme(config: Any) -> bool:
@@ -694,6 +773,9 @@ def start_separator(
             progress=progress,
             model_kwargs=kwargs,
         )
+        return produced(audio, stems)
+
+    def produced(audio: AudioData, stems: Mapping[str, Tensor]) -> Produced:
         outputs = {n: stems[n] for n in chosen}
         if options.residual:
             outputs[residual_name(chosen)] = audio.samples - sum(outputs.values())
@@ -704,10 +786,37 @@ def start_separator(
         }
         return Produced(outputs, audio.sample_rate, details=details)
 
+    def prepare_input(item: WorkItem, audio: AudioData) -> Tensor:  # (C, T) at the model rate
+        from audiotool.audio import prepare
+
+        return prepare(audio.samples, audio.sample_rate, run_config.sample_rate, device=rt.device)
+
+    def plan(item: WorkItem, audio: AudioData, x: Tensor) -> FileWork:
+        kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
+        jobs = separation_jobs(run_config, x, options=options, runtime=rt, model_kwargs=kwargs)
+
+        def finish() -> Produced:
+            stems = stems_from_jobs(
+                run_config,
+                x,
+                jobs,
+                channels=audio.channels,
+                options=options,
+                runtime=rt,
+                sample_rate=audio.sample_rate,
+                length=audio.frames,
+            )
+            return produced(audio, stems)
+
+        return FileWork(jobs, finish)
+
     mixture_query = getattr(run_config, "query_source", "reference") == "mixture"
+    per_file: ProcessFn = process
     if streamable(run_config, options) and not (context_fn is not None and mixture_query):
-        return Streaming(process, stream)
-    return process
+        per_file = Streaming(process, stream)
+    if not packable(run_config, options):
+        return per_file
+    return Packing(per_file, prepare_input, plan, net, rt.batch_size, rt.device, rt.dtype, progress)
 
 
 def streamable(config: Any, options: SeparateOptions) -> bool:

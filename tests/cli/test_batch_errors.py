@@ -147,7 +147,7 @@ def test_ctrl_c_prints_the_summary_of_what_finished(
 ) -> None:
     import audiotool.tasks.embed as embed_task
 
-    real = embed_task.embed_tensor
+    real = embed_task._embedding  # on the per-file and the packed path
     calls = []
 
     def interrupt_second(*args: object, **kwargs: object) -> object:
@@ -156,7 +156,7 @@ def test_ctrl_c_prints_the_summary_of_what_finished(
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(embed_task, "embed_tensor", interrupt_second)
+    monkeypatch.setattr(embed_task, "_embedding", interrupt_second)
     a, b = _noise(tmp_path / "a.wav"), _noise(tmp_path / "b.wav", seed=1)
     out = tmp_path / "emb"
     code, stdout, err = run_main(["embed", str(a), str(b), "-o", str(out), "--json"], capsys)
