@@ -38,6 +38,9 @@ step 150 "separate: htdemucs vs demucs apply_model" \
 step 120 "upsample: full AudioSR preset, 50 steps" \
   python3 benchmarks/bench_upsample.py --device cuda --full-steps 50 --seconds 30
 step 60 "embed" python3 benchmarks/bench_embed.py --device cuda --quick
+step 150 "many short files: file by file vs read-ahead + packing" \
+  python3 benchmarks/bench_many.py --device cuda --clips 200 --batch-sizes 4,16 \
+  --tasks embed,separate,reconstruct --threads 16
 
 mkdir -p /tmp/gc
 step 60 "CLI upsample" audiotool upsample examples/speech_16k.flac -o /tmp/gc/up.wav \
@@ -47,4 +50,9 @@ step 60 "CLI separate" audiotool separate examples/music_44k.flac -o /tmp/gc/sep
 step 60 "CLI reconstruct" audiotool reconstruct examples/speech_16k.flac -o /tmp/gc/rt.wav \
   --device cuda --json --overwrite
 step 60 "CLI embed" audiotool embed examples/ -o /tmp/gc/emb.npz --device cuda --json --overwrite
+python3 -c "import numpy as np, soundfile as sf; x, r = sf.read('examples/music_44k.flac', \
+always_2d=True); n = 300 * r; sf.write('/tmp/gc/song5.wav', np.tile(x, (n // len(x) + 1, 1))[:n], r)"
+step 90 "separate a 5-minute song: whole process, where the time goes" bash -c \
+  "python3 -m cProfile -s cumtime -m audiotool separate /tmp/gc/song5.wav -o /tmp/gc/sep5 \
+  --device cuda --overwrite --quiet | head -45"
 grep "^== .*: rc" "$log"

@@ -149,7 +149,9 @@ BatchSizeOpt = Annotated[
         "--batch-size",
         min=1,
         help=(
-            "Chunks per forward pass (halved automatically when memory runs out). "
+            "Chunks per forward pass (halved automatically when memory runs out); above 1, "
+            "the chunks of consecutive short files share forward passes (same outputs; "
+            "AUDIOTOOL_PACK=0: file by file). "
             "Default: 1 on the CPU (batching does not pay there: benchmarks/RESULTS.md), "
             "4 on a GPU."
         ),

@@ -17,8 +17,9 @@ through the same code). :func:`local_runner` then runs a batch so:
   and anything when packing is off, take the per-file ``process``;
 - results come out in input order; each file is finished and written on its own
   (:func:`~audiotool.tasks._items.run_one`), so a file that fails to read, plan, finish or
-  write fails alone with its one-line error. A forward pass that fails fails the files whose
-  chunks it held.
+  write fails alone with its one-line error. A forward pass that fails (not a usage error)
+  fails the files of its pack with that error; ``--fail-fast`` stops at the first failure,
+  before the files after it are finished or written.
 
 Outputs are those of the file-by-file path: a file's chunks are cut, accumulated and finished
 by the same code, only the rows next to them in a forward differ (equal for models whose batch
