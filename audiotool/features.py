@@ -20,9 +20,12 @@ from torch import Tensor, nn
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
     from torchaudio.functional import melscale_fbanks
 
-    return melscale_fbanks(
-        n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
-    ).T.contiguous()
+    # always on the CPU: a model built under ``torch.device("meta")`` (shape checks) must not
+    # cache a meta tensor, nor fail in melscale_fbanks' data-dependent ops
+    with torch.device("cpu"):
+        return melscale_fbanks(
+            n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
+        ).T.contiguous()
 
 
 def mel_basis(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
