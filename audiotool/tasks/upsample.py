@@ -98,6 +98,9 @@ class UpsampleOptions:
             predicts (:func:`audiotool.dsp.predicted_band_power`).
         ceiling: full-scale limit for the generated band's look-ahead gain (None = off); the
             kept band is never scaled, whatever is left over is the clip policy's.
+        cuda_graphs: ``"auto"`` (replay the denoiser from a CUDA graph on a CUDA device, eager
+            elsewhere), ``"on"`` (CUDA only) or ``"off"``
+            (:mod:`audiotool.engine.cuda_graphs`).
     """
 
     steps: int | None = None
@@ -113,6 +116,7 @@ class UpsampleOptions:
     transition_hz: float | None = None
     bound_level: bool = True
     ceiling: float | None = 0.999
+    cuda_graphs: str = "auto"
 
 
 @dataclasses.dataclass
@@ -187,6 +191,7 @@ def upsample_tensor(
         split_bands,
     )
     from audiotool.engine.chunking import plan_spans
+    from audiotool.engine.cuda_graphs import use_cuda_graphs
     from audiotool.engine.diffusion import sample_chunked
     from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
@@ -273,6 +278,8 @@ def upsample_tensor(
             time_multiple=model.unet.time_multiple,
             step_callback=step_bar,
             chunk_callback=chunk_progress(progress),
+            autocast_dtype=runtime.dtype,
+            cuda_graphs=use_cuda_graphs(options.cuda_graphs, dev),
         )
         progress.end("steps")
         mel = _chunked_map(
@@ -384,6 +391,12 @@ def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> No
         raise UsageError(
             f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
         )
+    from audiotool.engine.cuda_graphs import CUDA_GRAPH_MODES
+
+    if options.cuda_graphs not in CUDA_GRAPH_MODES:
+        raise UsageError(
+            f"--cuda-graphs must be one of {list(CUDA_GRAPH_MODES)}, got {options.cuda_graphs!r}"
+        )
 
 
 def start_upsampler(
@@ -449,6 +462,10 @@ def upsample_files(
     if not isinstance(config, LatentDiffusionConfig):
         raise UsageError(f"model {task_model.model_id} is not a latent-diffusion upsampler")
     check_options(config, options)
+    from audiotool.device import resolve_device
+    from audiotool.engine.cuda_graphs import use_cuda_graphs
+
+    use_cuda_graphs(options.cuda_graphs, resolve_device(runtime.device))  # "on" needs CUDA
     ext = audio_extension(output)
 
     def targets(path: Path) -> dict[str, Path]:

@@ -239,3 +239,30 @@ def test_cli_bad_inputs_keep_going(
         ["upsample", str(good), "--cutoff", "loud", "--model", str(model_dir)], capsys
     )
     assert code == 2 and "--cutoff" in err
+
+
+def test_cuda_graphs_auto_is_off_on_the_cpu_and_changes_nothing(tiny: LatentDiffusion) -> None:
+    import dataclasses
+
+    x = _speechlike(3.0, 16000)
+    outs = {
+        mode: upsample_tensor(
+            tiny,
+            tiny_config(),
+            x,
+            16000,
+            options=dataclasses.replace(FAST, cuda_graphs=mode),
+            runtime=RT,
+        ).audio
+        for mode in ("auto", "off")
+    }
+    assert torch.equal(outs["auto"], outs["off"])
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        upsample_tensor(
+            tiny,
+            tiny_config(),
+            x,
+            16000,
+            options=dataclasses.replace(FAST, cuda_graphs="on"),
+            runtime=RT,
+        )
