@@ -124,7 +124,9 @@ class UpsampleAdapter(AdapterBase):
     :func:`audiotool.dsp.predicted_band_power` extrapolates from the condition's top octave —
     the ceiling inference applies (``split_bands(bound_level=True)``), so the model learns to
     stay under it instead of being turned down afterwards. Mel frames are ``hop`` samples of
-    the model config.
+    the model config. ``init_from`` (a model spec, e.g. ``upsample-tiny``): start from that
+    model's weights (strict: same architecture) instead of a random initialisation — a
+    fine-tune.
     """
 
     name = "upsample"
@@ -155,10 +157,22 @@ class UpsampleAdapter(AdapterBase):
         self.context_seconds = float(extra.get("context_seconds", 8.0))
         self.filters = list(extra.get("filters", ["none", "cheby1", "butter"]))
         self.level_bound_weight = float(extra.get("level_bound_weight", 0.0))
+        self.init_from: str | None = extra.get("init_from")
         if self.level_bound_weight < 0:
             raise ConfigError(
                 f"data.extra.level_bound_weight must be >= 0, got {self.level_bound_weight}"
             )
+
+    def prepare(self, model: nn.Module) -> None:
+        """Load ``data.extra.init_from``'s weights into the fresh model (strictly), if given."""
+        if not self.init_from:
+            return
+        from audiotool.checkpoints import load_state_strict
+        from audiotool.hub import load_model
+
+        source = load_model(self.init_from, task="upsample")
+        load_state_strict(model, source.model.state_dict(), source=f"{self.init_from} (init_from)")
+        log.info("upsample model initialised from %s", self.init_from)
 
     def _item(
         self,

@@ -236,3 +236,29 @@ def test_upsample_level_bound_in_training(tmp_path: Path) -> None:
     true_energy = (truth * mask[:, None]).sum(dim=0)
     ratio_db = 10 * torch.log10(energy[0] / true_energy)
     assert abs(float(ratio_db.median())) < 3.0, ratio_db
+
+
+def test_upsample_init_from_starts_from_a_trained_model(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from audiotool.training.adapters import make_adapter
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        sf.write(tmp_path / split / "a.wav", np.zeros(48000), 48000)
+    spec = {
+        "task": "upsample",
+        "model": {"family": "latent_diffusion", "preset": "tiny"},
+        "data": {"clip_seconds": 0.64, "extra": {}},
+    }
+    config = recipe_from_dict(spec).model_config()
+    torch.manual_seed(1)
+    source = save_pretrained(build_model(config), config, tmp_path / "source")
+    spec["data"]["extra"] = {"init_from": str(source)}  # type: ignore[index]
+    adapter = make_adapter(recipe_from_dict(spec), tmp_path)
+    torch.manual_seed(2)
+    fresh = build_model(config)
+    adapter.prepare(fresh)
+    saved = load_file(str(source / "model.safetensors"))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
