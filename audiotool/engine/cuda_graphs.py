@@ -51,12 +51,17 @@ def use_cuda_graphs(mode: str, device: torch.device) -> bool:
 
 
 def with_autocast(denoiser: Denoiser, device: torch.device, dtype: torch.dtype | None) -> Denoiser:
-    """``denoiser`` run under ``torch.autocast(device.type, dtype)`` (unchanged for None)."""
+    """``denoiser`` run under ``torch.autocast(device.type, dtype)`` (unchanged for None).
+
+    The autocast weight-cast cache is off: inside a CUDA graph capture its cached casts would
+    outlive the capture (PyTorch's CUDA-graph notes ask for ``cache_enabled=False``), and a
+    denoiser forward uses each weight once, so the cache saves nothing here.
+    """
     if dtype is None:
         return denoiser
 
     def run(x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        with torch.autocast(device_type=device.type, dtype=dtype):
+        with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False):
             return denoiser(x, t, cond)
 
     return run
