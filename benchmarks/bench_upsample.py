@@ -21,6 +21,11 @@ count and labelled so.
     python benchmarks/bench_upsample.py                      # CPU: tiny (50 steps) + full (2 steps)
     python benchmarks/bench_upsample.py --device cuda --full-steps 50 --seconds 30
     python benchmarks/bench_upsample.py --sampler dpmpp-2m --tiny-steps 12 --skip-full
+    python benchmarks/bench_upsample.py --device cuda --graphs-only   # eager vs CUDA graphs
+
+``--graphs-only`` (CUDA): the batched path eager vs with the denoiser replayed from a CUDA
+graph (:mod:`audiotool.engine.cuda_graphs`), DPM-Solver++(2M) 16 steps (the tiny model's
+default), for one 5.12 s chunk and for 30 s, tiny preset in fp32 and the full preset in bf16.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ def run_audiotool(
     batch: int,
     dtype: torch.dtype | None,
     sampler: str = "ddim",
+    cuda_graphs: bool = False,
 ) -> None:
     from audiotool.engine.diffusion import sample_chunked
     from audiotool.engine.schedules import sampler_timesteps
@@ -64,29 +70,25 @@ def run_audiotool(
     overlap = int(cfg.overlap_seconds * 100) // model.latent_factor
     ctx = model.encode_global(mel)
     cond = model.encode_condition(mel)
-    ac = (
-        torch.autocast(mel.device.type, dtype=dtype)
-        if dtype
-        else torch.autocast(mel.device.type, enabled=False)
+    sample_chunked(
+        model.denoise,
+        cond,
+        chunk=chunk,
+        overlap=overlap,
+        timesteps=sampler_timesteps(sampler, steps, model.alphas_cumprod),
+        alphas_cumprod=model.alphas_cumprod,
+        out_channels=model.latent_channels,
+        context=ctx,
+        uncond_latent=model.uncond_value,
+        guidance=3.5,
+        eta=_eta(sampler),
+        generator=torch.Generator().manual_seed(0),
+        batch_size=batch,
+        time_multiple=model.unet.time_multiple,
+        sampler=sampler,
+        autocast_dtype=dtype,  # the denoiser only; the sampler's arithmetic stays fp32/fp64
+        cuda_graphs=cuda_graphs,
     )
-    with ac:
-        sample_chunked(
-            model.denoise,
-            cond,
-            chunk=chunk,
-            overlap=overlap,
-            timesteps=sampler_timesteps(sampler, steps, model.alphas_cumprod),
-            alphas_cumprod=model.alphas_cumprod,
-            out_channels=model.latent_channels,
-            context=ctx,
-            uncond_latent=model.uncond_value,
-            guidance=3.5,
-            eta=_eta(sampler),
-            generator=torch.Generator().manual_seed(0),
-            batch_size=batch,
-            time_multiple=model.unet.time_multiple,
-            sampler=sampler,
-        )
 
 
 def _eta(sampler: str) -> float:
@@ -163,7 +165,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--sampler", default="ddim", choices=("ddim", "dpmpp-2m", "unipc"))
+    ap.add_argument("--graphs-only", action="store_true", help="eager vs CUDA graphs (CUDA)")
     args = ap.parse_args()
+    if args.graphs_only:
+        compare_graphs(torch.device(args.device), args.batch_size)
+        return
     from audiotool.models.latent_diffusion import audiosr_config, build_model, tiny_config
 
     torch.set_num_threads(args.threads)
@@ -224,6 +230,51 @@ def main() -> None:
             f"{args.full_steps:>6}"
             f"{per:>13.3f}{peak:>10.0f}  {note}"
         )
+
+
+def _graphs_row(
+    model: Any,
+    cfg: Any,
+    mel: torch.Tensor,
+    batch: int,
+    dtype: torch.dtype | None,
+    graphs: bool,
+    steps: int,
+) -> float:
+    """Best of 3 seconds for ``steps`` steps, after a 2-step warm-up (which also captures)."""
+
+    def run(n: int) -> None:
+        run_audiotool(model, cfg, mel, n, batch, dtype, "dpmpp-2m", cuda_graphs=graphs)
+
+    measure(lambda: run(2), mel.device)
+    return min(measure(lambda: run(steps), mel.device)[0] for _ in range(3))
+
+
+def compare_graphs(dev: torch.device, batch: int, steps: int = 16) -> None:
+    """Eager vs CUDA-graph replay of the denoiser (DPM-Solver++(2M), ``steps`` steps)."""
+    from audiotool.models.latent_diffusion import audiosr_config, build_model, tiny_config
+
+    if dev.type != "cuda":
+        print("CUDA graphs need a CUDA device: nothing to compare on", dev)
+        return
+    print(f"eager vs CUDA graphs on {torch.cuda.get_device_name()}, dpmpp-2m {steps} steps")
+    print(f"{'preset':<16}{'precision':<10}{'audio s':>8}{'eager s/s':>11}{'graphs s/s':>12}  x")
+    for preset, cfg, dtype in (
+        ("tiny", tiny_config(), None),
+        ("audiosr+global", audiosr_config(global_encoder=True), torch.bfloat16),
+    ):
+        torch.manual_seed(0)
+        model = build_model(cfg).to(dev).eval()
+        for seconds in (5.12, 30.0):
+            mel = _inputs(model, seconds, dev)
+            per = {g: _graphs_row(model, cfg, mel, batch, dtype, g, steps) for g in (False, True)}
+            per = {g: v / seconds for g, v in per.items()}
+            print(
+                f"{preset:<16}{'bf16' if dtype else 'fp32':<10}{seconds:>8.2f}"
+                f"{per[False]:>11.4f}{per[True]:>12.4f}  {per[False] / per[True]:.2f}"
+            )
+        model.cpu()
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

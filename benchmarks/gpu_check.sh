@@ -37,6 +37,8 @@ step 150 "separate: htdemucs vs demucs apply_model" \
   python3 benchmarks/bench_separate.py --family htdemucs --device cuda --quick
 step 120 "upsample: full AudioSR preset, 50 steps" \
   python3 benchmarks/bench_upsample.py --device cuda --full-steps 50 --seconds 30
+step 150 "upsample: eager vs CUDA graphs (5.12 s, 30 s)" \
+  python3 benchmarks/bench_upsample.py --device cuda --graphs-only
 step 60 "embed" python3 benchmarks/bench_embed.py --device cuda --quick
 step 150 "many short files: file by file vs read-ahead + packing" \
   python3 benchmarks/bench_many.py --device cuda --clips 200 --batch-sizes 4,16 \

@@ -82,6 +82,52 @@ def test_lowpass_is_deterministic_and_stereo() -> None:
     assert torch.equal(lowpass(x, 48000, 30000), x)  # above Nyquist: unchanged
 
 
+@pytest.mark.parametrize("kind", ["cheby1", "butter"])
+def test_lowpass_response_passband_ripple_and_stopband(kind: str) -> None:
+    # the zero-phase response measured from an impulse in the middle of a long silence
+    rate, cutoff, n = 48000, 8000.0, 1 << 16
+    x = torch.zeros(1, n)
+    x[0, n // 2] = 1.0
+    y = lowpass(x, rate, cutoff, kind=kind)  # type: ignore[arg-type]
+    gain = np.abs(np.fft.rfft(y[0].double().numpy()))
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    db = 20 * np.log10(gain + 1e-300)
+    passband = freqs <= 0.9 * cutoff
+    if kind == "cheby1":  # 0.1 dB ripple per pass, two passes: within [-0.2, 0] dB
+        assert db[passband].max() < 0.005 and db[passband].min() > -0.205
+        assert db[passband].max() - db[passband].min() > 0.15  # it does ripple
+        edge = np.interp(cutoff, freqs, db)
+        assert -0.205 < edge < -0.19  # the ripple band ends at the cutoff
+        # an order-8 Chebyshev-I: ~44 dB per pass at 1.5x the (prewarped) cutoff
+        assert np.interp(1.5 * cutoff, freqs, db) < -85
+    else:  # maximally flat; -3 dB per pass at the cutoff
+        assert db[freqs <= 0.5 * cutoff].min() > -0.01
+        assert abs(np.interp(cutoff, freqs, db) + 6.02) < 0.05
+        assert np.interp(1.5 * cutoff, freqs, db) < -55
+    assert db[freqs >= 2 * cutoff].max() < -95  # stop band (float32 output: ~-140 dB floor)
+
+
+@pytest.mark.parametrize(("kind", "order"), [("cheby1", 8), ("butter", 4)])
+def test_lowpass_matches_scipy_sosfiltfilt_away_from_the_edges(kind: str, order: int) -> None:
+    signal = pytest.importorskip("scipy.signal")
+    rate, cutoff = 44100, 6000.0
+    x = _noise("pink", rate, seed=7).repeat(2, 1)
+    wn = cutoff / (rate / 2)
+    sos = signal.cheby1(order, 0.1, wn, output="sos") if kind == "cheby1" else None
+    sos = signal.butter(order, wn, output="sos") if sos is None else sos
+    ref = signal.sosfiltfilt(sos, x.double().numpy(), axis=-1)
+    y = lowpass(x, rate, cutoff, order=order, kind=kind)  # type: ignore[arg-type]
+    interior = slice(4000, -4000)
+    assert np.abs(y.double().numpy()[:, interior] - ref[:, interior]).max() < 1e-6
+    assert np.abs(y.double().numpy() - ref).max() < 0.1 * ref.std()  # edges: close too
+
+
+def test_lowpass_short_and_constant_signals() -> None:
+    assert lowpass(torch.ones(1, 1), 48000, 4000).shape == (1, 1)
+    y = lowpass(torch.full((1, 500), 0.25), 48000, 4000, kind="butter")
+    assert torch.allclose(y, torch.full_like(y, 0.25), atol=1e-5)  # DC passes, edges included
+
+
 def test_replace_low_band_keeps_input_below_cutoff() -> None:
     rate, cutoff = 48000, 8000.0
     ref = lowpass(_noise("pink", rate, 3), rate, cutoff) + 0.0

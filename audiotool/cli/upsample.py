@@ -91,6 +91,23 @@ StepsOpt = Annotated[
     ),
 ]
 
+
+class CudaGraphsChoice(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+CudaGraphsOpt = Annotated[
+    CudaGraphsChoice,
+    typer.Option(
+        "--cuda-graphs",
+        help="Replay the denoiser step from a CUDA graph: auto (on for CUDA, off elsewhere), "
+        "on (CUDA only) or off.",
+        rich_help_panel=RUN,
+    ),
+]
+
 HELP = (
     "Restore the missing high band of band-limited audio (any rate in, 48 kHz out) with "
     "chunked latent diffusion and a whole-file global context. Keeps the input's own low band, "
@@ -170,6 +187,7 @@ def upsample(
     threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = PrecisionChoice.fp32,
+    cuda_graphs: CudaGraphsOpt = CudaGraphsChoice.auto,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
     skip_existing: SkipExistingOpt = False,
@@ -225,6 +243,7 @@ def upsample(
         cutoff=_parse_cutoff(cutoff),
         output_rate=sr,
         global_context=not no_global_context,
+        cuda_graphs=cuda_graphs.value,
     )
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(

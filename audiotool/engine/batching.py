@@ -111,6 +111,10 @@ def per_row(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """
     if torch.is_grad_enabled() or x.shape[0] == 1:
         return fn(x)
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        # a CUDA graph cannot capture ``unique`` (data-dependent shape, host sync): every row
+        # alone instead — the same per-row kernels, so the same numbers as the eager path
+        return torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])])
     rows, inverse = torch.unique(x.reshape(x.shape[0], -1), dim=0, return_inverse=True)
     outs = torch.cat([fn(rows[i : i + 1].reshape(1, *x.shape[1:])) for i in range(len(rows))])
     return outs[inverse]

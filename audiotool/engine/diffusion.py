@@ -29,6 +29,7 @@ from torch import Tensor
 
 from audiotool.engine.batching import ProgressFn, map_batches
 from audiotool.engine.chunking import Span, crossfade_stitch, plan_spans
+from audiotool.engine.cuda_graphs import denoiser_for
 from audiotool.engine.samplers import SAMPLER_NAMES, Denoiser, sample
 from audiotool.errors import EngineError
 
@@ -56,6 +57,8 @@ def sample_chunked(
     sampler: str = "ddim",
     step_callback: Callable[[int, int], None] | None = None,
     chunk_callback: ProgressFn | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    cuda_graphs: bool = False,
 ) -> Tensor:
     """Sample ``(B, C_out, T, F)`` latents conditioned on ``cond_latent`` ``(B, C, T, F)``.
 
@@ -77,6 +80,12 @@ def sample_chunked(
             (e.g. the UNet's total downsampling) and cropped back.
         step_callback: ``(step, steps)`` within the current mini-batch.
         chunk_callback: ``(spans_done, spans_total)``.
+        autocast_dtype: run the denoiser under autocast in this dtype (None: as it is); the
+            sampler's own arithmetic stays float32 / float64.
+        cuda_graphs: replay the denoiser from a CUDA graph
+            (:class:`audiotool.engine.cuda_graphs.GraphedDenoiser`; CUDA only). The last
+            mini-batch is then padded (its last span repeated) to the size of the one before, so
+            one capture serves the whole call.
     """
     if cond_latent.dim() != 4:
         raise EngineError(f"cond_latent must be (B, C, T, F), got {tuple(cond_latent.shape)}")
@@ -99,11 +108,20 @@ def sample_chunked(
     if pad_to < chunk and pad_to % time_multiple:
         pad_to += time_multiple - pad_to % time_multiple
     results: list[Tensor | None] = [None] * len(work)
+    model = denoiser_for(
+        denoiser, cond_latent.device, dtype=autocast_dtype, cuda_graphs=cuda_graphs
+    )
+    previous: list[tuple[int, int]] = []  # (start, size) of the calls so far
 
     def run(start: int, stop: int) -> Tensor:
-        items = work[start:stop]
+        size = stop - start
+        if cuda_graphs and stop == len(work) and previous and previous[-1][0] != start:
+            size = max(size, previous[-1][1])  # static shape; not when retrying after an OOM
+        previous.append((start, size))
+        index = list(range(start, stop)) + [stop - 1] * (size - (stop - start))
+        items = [work[i] for i in index]
         concat = torch.stack([_span(cond_latent[b], s, pad_to) for b, s in items])
-        gens = [torch.Generator().manual_seed(int(seeds[i])) for i in range(start, stop)]
+        gens = [torch.Generator().manual_seed(int(seeds[i])) for i in index]
         x = torch.stack([torch.randn(c_out, pad_to, f, generator=g) for g in gens]).to(
             cond_latent.device
         )
@@ -120,9 +138,9 @@ def sample_chunked(
             )
             uncond = {CONCAT: u, **{k: v for k, v in cond.items() if k != CONCAT}}
         cb = (lambda i, n, _x: step_callback(i, n)) if step_callback else None
-        return sample(
+        out = sample(
             sampler,
-            denoiser,
+            model,
             x,
             timesteps,
             alphas_cumprod,
@@ -135,6 +153,7 @@ def sample_chunked(
             final_alpha=final_alpha,
             callback=cb,
         )
+        return out[: stop - start]
 
     def done(start: int, stop: int, out: Tensor) -> None:
         for j, i in enumerate(range(start, stop)):

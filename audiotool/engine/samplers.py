@@ -3,7 +3,7 @@
 Legend: ``B`` batch, ``...`` any latent shape (e.g. ``C, T, F``).
 
 Three samplers share one signature (k-diffusion style) and one guided forward
-(:func:`_cfg_forward`); every one makes ONE (batched) denoiser call per step:
+(:func:`guided_model`); every one makes ONE (batched) denoiser call per step:
 
 - :func:`sample_ddim` — DDIM (Song et al. 2021), first order, optional η noise;
 - :func:`sample_dpmpp_2m` — DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for
@@ -69,24 +69,35 @@ def randn_like_batch(
     )
 
 
-def _cfg_forward(
+GuidedModel = Callable[[Tensor, Tensor], Tensor]
+
+
+def guided_model(
     denoiser: Denoiser,
-    x: Tensor,
-    t: Tensor,
     cond: Mapping[str, Tensor],
     uncond: Mapping[str, Tensor] | None,
     guidance: float,
-) -> Tensor:
+) -> GuidedModel:
+    """``(x_t, t) -> u + s (c − u)`` (float32): classifier-free guidance as ONE batched forward.
+
+    The doubled conditioning batch (``cond`` then ``uncond``) is built once here, not at every
+    step; each call only doubles ``x_t`` and ``t``. Without ``uncond`` (or with ``guidance``
+    1) it is the conditional forward alone.
+    """
     if uncond is None or guidance == 1.0:
-        return denoiser(x, t, cond)
+        return lambda x, t: denoiser(x, t, cond).float()
     if set(cond) != set(uncond):
         raise EngineError(
             f"cond and uncond must have the same keys, got {sorted(cond)} vs {sorted(uncond)}"
         )
     both = {k: torch.cat([cond[k], uncond[k].expand_as(cond[k])]) for k in cond}
-    out = denoiser(torch.cat([x, x]), torch.cat([t, t]), both)
-    c, u = out.chunk(2)
-    return u + guidance * (c - u)
+
+    def forward(x: Tensor, t: Tensor) -> Tensor:
+        out = denoiser(torch.cat([x, x]), torch.cat([t, t]), both).float()
+        c, u = out.chunk(2)
+        return u + guidance * (c - u)
+
+    return forward
 
 
 def sample_ddim(
@@ -125,6 +136,7 @@ def sample_ddim(
     steps = [int(t) for t in timesteps]
     n = len(steps)
     x = x.float()
+    model = guided_model(denoiser, cond, uncond, guidance)
     for i, t in enumerate(steps):
         a_t = acp[t]
         if i + 1 < n:
@@ -132,7 +144,7 @@ def sample_ddim(
         else:
             a_prev = acp.new_tensor(final_alpha) if final_alpha is not None else acp[0]
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = _cfg_forward(denoiser, x, t_batch, cond, uncond, guidance).float()
+        out = model(x, t_batch)
         sa, s1a = a_t.sqrt().float(), (1 - a_t).sqrt().float()
         if parameterization == "v":
             x0 = sa * x - s1a * out
@@ -218,12 +230,13 @@ def sample_dpmpp_2m(
     steps, abars = _ode_grid(timesteps, alphas_cumprod, final_alpha)
     n = len(steps)
     x = x.float()
+    model = guided_model(denoiser, cond, uncond, guidance)
     prev_x0: Tensor | None = None
     h_prev = 0.0
     for i, t in enumerate(steps):
         a_cur, a_next = abars[i], abars[i + 1]
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = _cfg_forward(denoiser, x, t_batch, cond, uncond, guidance).float()
+        out = model(x, t_batch)
         x0 = _to_x0(out, x, a_cur, parameterization)
         s_cur, s_next = math.sqrt(1.0 - a_cur), math.sqrt(max(1.0 - a_next, 0.0))
         if s_next == 0.0:
@@ -272,12 +285,13 @@ def sample_unipc(
     lams = [_log_snr(a) for a in abars]
     n = len(steps)
     x = x.float()
+    model = guided_model(denoiser, cond, uncond, guidance)
     hist: list[tuple[float, Tensor]] = []  # (λ, x̂₀) of the last two nodes
     last_x: Tensor | None = None  # the node the previous predictor started from
     last_order = 1
     for i, t in enumerate(steps):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = _cfg_forward(denoiser, x, t_batch, cond, uncond, guidance).float()
+        out = model(x, t_batch)
         x0 = _to_x0(out, x, abars[i], parameterization)
         if corrector and last_x is not None:
             x = _unipc_update(last_x, hist, abars[i - 1], abars[i], lams[i], last_order, x0)

@@ -196,14 +196,40 @@ def diffusion_loss(
     *,
     cond_drop_prob: float = 0.1,
     generator: torch.Generator | None = None,
+    level_bound_weight: float = 0.0,
 ) -> Tensor:
-    """v-prediction MSE for one batch (kept outside ``forward``).
+    """v-prediction MSE for one batch (kept outside ``forward``), plus
+    ``level_bound_weight`` x :func:`level_bound_penalty` when that weight is positive; the sum
+    of :func:`diffusion_loss_parts`.
 
     ``batch``: ``"target_mel"`` ``(B, N, M)`` clean log-mel; ``"cond_mel"`` ``(B, N, M)`` its
     low-passed version; ``"context_mel"`` ``(B, N_full, M)`` the low-passed FULL clip the
     global encoder sees (the signal available at inference). With probability
     ``cond_drop_prob`` an item's condition is replaced by the unconditional latent.
     """
+    parts = diffusion_loss_parts(
+        model,
+        batch,
+        cond_drop_prob=cond_drop_prob,
+        generator=generator,
+        level_bound_weight=level_bound_weight,
+    )
+    total = parts["mse"]
+    if "level_bound" in parts:
+        total = total + level_bound_weight * parts["level_bound"]
+    return total
+
+
+def diffusion_loss_parts(
+    model: LatentDiffusion,
+    batch: Mapping[str, Tensor],
+    *,
+    cond_drop_prob: float = 0.1,
+    generator: torch.Generator | None = None,
+    level_bound_weight: float = 0.0,
+) -> dict[str, Tensor]:
+    """The terms of :func:`diffusion_loss`: ``"mse"`` and, when ``level_bound_weight > 0``
+    and the batch holds ``"bound_energy"`` / ``"bound_mask"``, ``"level_bound"`` (unweighted)."""
     dev = batch["target_mel"].device
     with torch.no_grad():  # the first stage is fixed, as in LDM/AudioSR
         x0 = model.encode_target(batch["target_mel"], generator)
@@ -220,7 +246,38 @@ def diffusion_loss(
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     out = model(x_t, t, concat, context or None)
     target = a.sqrt() * noise - (1 - a).sqrt() * x0 if model.parameterization == "v" else noise
-    return F.mse_loss(out.float(), target)
+    parts = {"mse": F.mse_loss(out.float(), target)}
+    if level_bound_weight > 0 and "bound_energy" in batch:
+        if model.parameterization == "v":
+            x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * out.float()
+        else:
+            x0_hat = (x_t - (1 - a).sqrt() * out.float()) / a.sqrt().clamp(min=1e-4)
+        weight = a.view(-1) * (~drop).float()  # sharp x̂₀ (low noise) counts; dropped items not
+        parts["level_bound"] = level_bound_penalty(
+            model.decode(x0_hat), batch["bound_energy"], batch["bound_mask"], weight=weight
+        )
+    return parts
+
+
+def level_bound_penalty(
+    mel: Tensor, bound_energy: Tensor, bound_mask: Tensor, *, weight: Tensor | None = None
+) -> Tensor:
+    """How far a log-mel's high band exceeds the input-predicted level, per frame (squared, in
+    nepers of energy), averaged over frames and items.
+
+    ``mel`` ``(B, N, M)`` (natural-log magnitude mel, as :class:`AudioSRMel`); ``bound_mask``
+    ``(B, M)`` 1 on the mel bins above the cutoff; ``bound_energy`` ``(B, N)`` the energy
+    ``Σ_m mel_m²`` over those bins of the mel of :func:`audiotool.dsp.predicted_band_power`'s
+    spectrum — the same per-frame ceiling that :func:`audiotool.dsp.split_bands` enforces at
+    inference, computed from the condition signal. Frames at or below the ceiling cost nothing;
+    above it, ``(log E − log E_bound)²``. ``weight`` ``(B,)`` weights the items.
+    """
+    energy = (mel.float().mul(2).exp() * bound_mask[:, None, :]).sum(dim=-1)  # (B, N)
+    over = F.relu(torch.log(energy + 1e-8) - torch.log(bound_energy + 1e-8))
+    per_item = over.pow(2).mean(dim=1)
+    if weight is None:
+        return per_item.mean()
+    return (per_item * weight).sum() / weight.numel()
 
 
 # --------------------------------------------------------------------------- building

@@ -98,6 +98,9 @@ class UpsampleOptions:
             predicts (:func:`audiotool.dsp.predicted_band_power`).
         ceiling: full-scale limit for the generated band's look-ahead gain (None = off); the
             kept band is never scaled, whatever is left over is the clip policy's.
+        cuda_graphs: ``"auto"`` (replay the denoiser from a CUDA graph on a CUDA device, eager
+            elsewhere), ``"on"`` (CUDA only) or ``"off"``
+            (:mod:`audiotool.engine.cuda_graphs`).
     """
 
     steps: int | None = None
@@ -113,6 +116,7 @@ class UpsampleOptions:
     transition_hz: float | None = None
     bound_level: bool = True
     ceiling: float | None = 0.999
+    cuda_graphs: str = "auto"
 
 
 @dataclasses.dataclass
@@ -187,6 +191,7 @@ def upsample_tensor(
         split_bands,
     )
     from audiotool.engine.chunking import plan_spans
+    from audiotool.engine.cuda_graphs import use_cuda_graphs
     from audiotool.engine.diffusion import sample_chunked
     from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
@@ -273,6 +278,8 @@ def upsample_tensor(
             time_multiple=model.unet.time_multiple,
             step_callback=step_bar,
             chunk_callback=chunk_progress(progress),
+            autocast_dtype=runtime.dtype,
+            cuda_graphs=use_cuda_graphs(options.cuda_graphs, dev),
         )
         progress.end("steps")
         mel = _chunked_map(
@@ -384,6 +391,24 @@ def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> No
         raise UsageError(
             f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
         )
+    from audiotool.engine.cuda_graphs import CUDA_GRAPH_MODES
+
+    if options.cuda_graphs not in CUDA_GRAPH_MODES:
+        raise UsageError(
+            f"--cuda-graphs must be one of {list(CUDA_GRAPH_MODES)}, got {options.cuda_graphs!r}"
+        )
+
+
+def prefer_channels_last(model: LatentDiffusion, device: torch.device) -> None:
+    """On the CPU, keep the UNet's conv weights channels-last (NHWC), in place.
+
+    oneDNN's convolutions then skip reordering every activation from NCHW and back, which was
+    measured ~10 % faster per denoiser forward for upsample-tiny on a 2-core x86 CPU; the
+    outputs agree with the NCHW path to float round-off (~1e-5) and stay batch-invariant
+    (tested). GPUs keep the default layout.
+    """
+    if device.type == "cpu":
+        model.model.to(memory_format=torch.channels_last)
 
 
 def start_upsampler(
@@ -401,6 +426,7 @@ def start_upsampler(
     config = task_model.config
     net = task_model.load(rt).model
     assert isinstance(net, LatentDiffusion) and isinstance(config, LatentDiffusionConfig)
+    prefer_channels_last(net, rt.device)
 
     def process(item: WorkItem, audio: AudioData) -> Produced:
         result = upsample_tensor(
@@ -449,6 +475,10 @@ def upsample_files(
     if not isinstance(config, LatentDiffusionConfig):
         raise UsageError(f"model {task_model.model_id} is not a latent-diffusion upsampler")
     check_options(config, options)
+    from audiotool.device import resolve_device
+    from audiotool.engine.cuda_graphs import use_cuda_graphs
+
+    use_cuda_graphs(options.cuda_graphs, resolve_device(runtime.device))  # "on" needs CUDA
     ext = audio_extension(output)
 
     def targets(path: Path) -> dict[str, Path]:

@@ -118,7 +118,15 @@ class UpsampleAdapter(AdapterBase):
     ``data.extra``: ``input_rates`` (default 8/12/16/24 kHz, those below the model's rate),
     ``context_seconds`` (the window the global encoder sees, default 8 s), ``filters``
     (low-pass kinds applied before the resampling, chosen at random per item: robustness to
-    how the input was made). Mel frames are ``hop`` samples of the model config.
+    how the input was made), ``level_bound_weight`` (default 0 = off): weight of
+    :func:`audiotool.models.latent_diffusion.level_bound_penalty`, which penalises the
+    predicted clean mel's high band, per frame, where it is louder than
+    :func:`audiotool.dsp.predicted_band_power` extrapolates from the condition's top octave —
+    the ceiling inference applies (``split_bands(bound_level=True)``), so the model learns to
+    stay under it instead of being turned down afterwards. Mel frames are ``hop`` samples of
+    the model config. ``init_from`` (a model spec, e.g. ``upsample-tiny``): start from that
+    model's weights (strict: same architecture) instead of a random initialisation — a
+    fine-tune.
     """
 
     name = "upsample"
@@ -132,6 +140,7 @@ class UpsampleAdapter(AdapterBase):
                 f"upsample training needs a latent_diffusion model, got {self.config.family!r}"
             )
         self.hop = int(self.config.hop)
+        self.f_min = float(self.config.f_min)
         self.cond_drop_prob = float(self.config.cond_drop_prob)
         self.train_set = ClipIndex(self.data_dir / recipe.data.train)
         self.val_set = ClipIndex(self.data_dir / recipe.data.val)
@@ -147,6 +156,23 @@ class UpsampleAdapter(AdapterBase):
             )
         self.context_seconds = float(extra.get("context_seconds", 8.0))
         self.filters = list(extra.get("filters", ["none", "cheby1", "butter"]))
+        self.level_bound_weight = float(extra.get("level_bound_weight", 0.0))
+        self.init_from: str | None = extra.get("init_from")
+        if self.level_bound_weight < 0:
+            raise ConfigError(
+                f"data.extra.level_bound_weight must be >= 0, got {self.level_bound_weight}"
+            )
+
+    def prepare(self, model: nn.Module) -> None:
+        """Load ``data.extra.init_from``'s weights into the fresh model (strictly), if given."""
+        if not self.init_from:
+            return
+        from audiotool.checkpoints import load_state_strict
+        from audiotool.hub import load_model
+
+        source = load_model(self.init_from, task="upsample")
+        load_state_strict(model, source.model.state_dict(), source=f"{self.init_from} (init_from)")
+        log.info("upsample model initialised from %s", self.init_from)
 
     def _item(
         self,
@@ -170,15 +196,21 @@ class UpsampleAdapter(AdapterBase):
         kind = self.filters[int(torch.randint(len(self.filters), (1,), generator=gen))]
         low = window if kind == "none" else lowpass(window, sr, 0.97 * in_rate / 2, kind=kind)
         degraded = degrade(low, sr, in_rate)
-        cond = lowpass(degraded, sr, 0.95 * in_rate / 2)
+        cutoff = 0.95 * in_rate / 2
+        cond = lowpass(degraded, sr, cutoff)
         target_mel = model.mel(window[:, off : off + clip])
         cond_mel_full = model.mel(cond)
         f0, n = off // hop, clip // hop
-        return {
+        item = {
             "target_mel": target_mel[0, :n],
             "cond_mel": cond_mel_full[0, f0 : f0 + n],
             "context_mel": cond_mel_full[0],
         }
+        if self.level_bound_weight > 0:
+            energy, mask = level_bound_target(model, cond, cutoff, f_min=self.f_min)
+            item["bound_energy"] = energy[0, f0 : f0 + n]
+            item["bound_mask"] = mask
+        return item
 
     def _clip_samples(self, model: LatentDiffusion) -> int:
         frames = int(self.recipe.data.clip_seconds * (self.sample_rate / self.hop))
@@ -200,13 +232,23 @@ class UpsampleAdapter(AdapterBase):
     def loss(
         self, model: nn.Module, batch: Any, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        from audiotool.models.latent_diffusion import diffusion_loss
+        from audiotool.models.latent_diffusion import diffusion_loss_parts
 
         ld = _latent_diffusion(model)
         with torch.no_grad():
             data = self._materialise(ld, batch)
-        loss = diffusion_loss(ld, data, cond_drop_prob=self.cond_drop_prob, generator=generator)
-        return loss, {}
+        loss = diffusion_loss_parts(
+            ld,
+            data,
+            cond_drop_prob=self.cond_drop_prob,
+            generator=generator,
+            level_bound_weight=self.level_bound_weight,
+        )
+        if "level_bound" not in loss:
+            return loss["mse"], {}
+        total = loss["mse"] + self.level_bound_weight * loss["level_bound"]
+        parts = {k: float(v.detach()) for k, v in loss.items()}
+        return total, parts
 
     def validate(self, model: nn.Module, *, max_batches: int) -> dict[str, float]:
         from audiotool.models.latent_diffusion import diffusion_loss
@@ -218,6 +260,33 @@ class UpsampleAdapter(AdapterBase):
             gen = torch.Generator().manual_seed(i)
             total += float(diffusion_loss(ld, data, cond_drop_prob=0.0, generator=gen))
         return {"loss": total / max_batches}
+
+
+def level_bound_target(
+    model: LatentDiffusion, cond: Tensor, cutoff_hz: float, *, f_min: float
+) -> tuple[Tensor, Tensor]:
+    """The per-frame high-band ceiling of :func:`~audiotool.models.latent_diffusion.
+    level_bound_penalty` for a condition waveform ``(1, T)`` low-passed at ``cutoff_hz``.
+
+    :func:`audiotool.dsp.predicted_band_power` of the condition's STFT (the model's mel frames)
+    above ``cutoff - transition`` (the transition of :func:`audiotool.dsp.split_bands`), taken
+    through the model's mel filterbank (lowest band edge ``f_min``) as magnitudes; returns the
+    energy ``Σ_m mel_m²`` over the mel bins above the cutoff ``(1, N)`` and those bins' mask
+    ``(M,)``.
+    """
+    from audiotool.dsp import mel_bin_for_frequency, predicted_band_power
+
+    mel = model.mel
+    mag = mel.stft_magnitude(cond)  # (1, K, N)
+    freqs = torch.arange(mag.shape[1], device=mag.device) * (mel.sample_rate / mel.n_fft)
+    top = cutoff_hz - min(0.1 * cutoff_hz, 1000.0)
+    allowed = predicted_band_power(mag, freqs, top)  # power per bin (1, K, N)
+    allowed_mel = torch.matmul(mel.basis, allowed.sqrt())  # (1, M, N)
+    cut = mel_bin_for_frequency(
+        cutoff_hz, n_mels=mel.n_mels, sample_rate=mel.sample_rate, f_min=f_min
+    )
+    mask = (torch.arange(mel.n_mels, device=mag.device) >= cut).float()
+    return (allowed_mel.pow(2) * mask[None, :, None]).sum(dim=1), mask
 
 
 def _latent_diffusion(model: nn.Module) -> LatentDiffusion:

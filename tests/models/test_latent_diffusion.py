@@ -16,6 +16,8 @@ from audiotool.models.latent_diffusion import (
     build_audiosr,
     build_model,
     diffusion_loss,
+    diffusion_loss_parts,
+    level_bound_penalty,
     tiny_config,
 )
 from audiotool.models.unet import GlobalConditionedSpatialTransformer, SpatialTransformer
@@ -244,3 +246,57 @@ def test_diffusion_loss_leaves_the_first_stage_frozen() -> None:
     stages = [p for n, p in model.named_parameters() if not n.startswith("model.")]
     assert stages and all(p.grad is None for p in stages)  # VAE encoders are not fine-tuned
     assert model.unet.out[2].weight.grad is not None
+
+
+def test_level_bound_penalty_only_above_the_ceiling() -> None:
+    mask = torch.zeros(1, 8)
+    mask[0, 4:] = 1.0
+    mel = torch.full((1, 3, 8), -3.0)  # every bin: magnitude e^-3, energy 4 e^-6 above the cut
+    energy = float(4 * torch.exp(torch.tensor(-6.0)))
+    at = level_bound_penalty(mel, torch.full((1, 3), energy), mask)
+    assert float(at) == pytest.approx(0.0, abs=1e-8)
+    assert float(level_bound_penalty(mel, torch.full((1, 3), 10 * energy), mask)) == 0.0
+    over = level_bound_penalty(mel, torch.full((1, 3), energy / 100), mask)  # 100x too loud
+    assert float(over) == pytest.approx(float(torch.log(torch.tensor(100.0))) ** 2, rel=1e-3)
+    louder_low_band = mel.clone()
+    louder_low_band[..., :4] = 5.0  # bins below the cutoff are not bounded
+    assert float(level_bound_penalty(louder_low_band, torch.full((1, 3), energy), mask)) < 1e-8
+
+
+def test_level_bound_changes_the_training_loss_only_when_exceeded() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    mask = (torch.arange(256) >= 160).float().expand(2, 256)
+    batch = {
+        "target_mel": torch.randn(2, 64, 256) - 5,
+        "cond_mel": torch.randn(2, 64, 256) - 5,
+        "context_mel": torch.randn(2, 200, 256) - 5,
+        "bound_mask": mask,
+    }
+
+    def loss(bound: float, weight: float) -> dict[str, torch.Tensor]:
+        data = {**batch, "bound_energy": torch.full((2, 64), bound)}
+        gen = torch.Generator().manual_seed(0)
+        return diffusion_loss_parts(
+            model, data, cond_drop_prob=0.0, generator=gen, level_bound_weight=weight
+        )
+
+    plain = diffusion_loss(model, batch, generator=torch.Generator().manual_seed(0))
+    off = loss(1e-12, 0.0)
+    assert set(off) == {"mse"} and torch.equal(off["mse"], plain)  # weight 0: unchanged
+    loose = loss(1e6, 1.0)  # a ceiling far above anything the model predicts: no cost
+    assert float(loose["level_bound"].detach()) == 0.0 and torch.equal(loose["mse"], plain)
+    tight = loss(1e-12, 1.0)  # a ceiling everything exceeds
+    assert float(tight["level_bound"].detach()) > 1.0
+    total = diffusion_loss(
+        model,
+        {**batch, "bound_energy": torch.full((2, 64), 1e-12)},
+        cond_drop_prob=0.0,
+        generator=torch.Generator().manual_seed(0),
+        level_bound_weight=0.5,
+    )
+    expected = float((plain + 0.5 * tight["level_bound"]).detach())
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+    total.backward()  # the penalty reaches the UNet through x̂₀
+    assert model.unet.out[2].weight.grad is not None
+    assert float(model.unet.out[2].weight.grad.abs().sum()) > 0

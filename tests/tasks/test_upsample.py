@@ -239,3 +239,53 @@ def test_cli_bad_inputs_keep_going(
         ["upsample", str(good), "--cutoff", "loud", "--model", str(model_dir)], capsys
     )
     assert code == 2 and "--cutoff" in err
+
+
+def test_cuda_graphs_auto_is_off_on_the_cpu_and_changes_nothing(tiny: LatentDiffusion) -> None:
+    import dataclasses
+
+    x = _speechlike(3.0, 16000)
+    outs = {
+        mode: upsample_tensor(
+            tiny,
+            tiny_config(),
+            x,
+            16000,
+            options=dataclasses.replace(FAST, cuda_graphs=mode),
+            runtime=RT,
+        ).audio
+        for mode in ("auto", "off")
+    }
+    assert torch.equal(outs["auto"], outs["off"])
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        upsample_tensor(
+            tiny,
+            tiny_config(),
+            x,
+            16000,
+            options=dataclasses.replace(FAST, cuda_graphs="on"),
+            runtime=RT,
+        )
+
+
+def test_channels_last_unet_on_the_cpu_agrees_and_stays_batch_invariant() -> None:
+    from audiotool.tasks.upsample import prefer_channels_last
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config()).eval()
+    x = _speechlike(6.0, 16000, channels=2)
+    options = UpsampleOptions(steps=2, chunk_seconds=2.56, overlap_seconds=0.32)
+    plain = upsample_tensor(model, tiny_config(), x, 16000, options=options, runtime=RT).audio
+    prefer_channels_last(model, torch.device("cpu"))
+    assert model.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    fast = upsample_tensor(model, tiny_config(), x, 16000, options=options, runtime=RT).audio
+    one = Runtime(device=RT.device, dtype=None, batch_size=1, seed=0)
+    single = upsample_tensor(model, tiny_config(), x, 16000, options=options, runtime=one).audio
+    assert torch.allclose(fast, single, atol=1e-4)  # batch size still does not matter
+    # the layout changes round-off only, which Griffin-Lim's phase retrieval spreads a little
+    # (see UNetModel); the spectrum, which is what the metrics compare, stays put
+    assert float((fast - plain).pow(2).mean() / plain.pow(2).mean()) < 1e-3
+    f, p_fast = long_term_spectrum(fast, 48000)
+    _, p_plain = long_term_spectrum(plain, 48000)
+    band = (f > 100) & (f < 23000)
+    assert np.abs(10 * np.log10(p_fast[band] / p_plain[band])).mean() < 0.1

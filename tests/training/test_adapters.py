@@ -190,3 +190,75 @@ def test_separate_data_must_be_at_the_model_rate(tmp_path: Path) -> None:
         make_adapter(recipe_from_dict(spec), tmp_path)
     spec["model"]["overrides"] = {"sample_rate": 22050}  # type: ignore[index]
     assert make_adapter(recipe_from_dict(spec), tmp_path).best_metric == "si_sdr"
+
+
+def test_upsample_level_bound_in_training(tmp_path: Path) -> None:
+    """The recipe option adds the inference-time ceiling to the batches and the loss; the
+    ceiling of a white-noise condition matches the true high band (flat extrapolation)."""
+    import numpy as np
+    import soundfile as sf
+
+    from audiotool.dsp import lowpass
+    from audiotool.training.adapters import level_bound_target, make_adapter
+    from audiotool.training.recipe import load_recipe
+
+    shipped = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "upsample-tiny.yaml")
+    assert float(shipped.data.extra["level_bound_weight"]) > 0  # the bundled recipe turns it on
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        sf.write(tmp_path / split / "a.wav", 0.1 * rng.standard_normal(48000), 48000)
+    spec = {
+        "task": "upsample",
+        "model": {"family": "latent_diffusion", "preset": "tiny"},
+        "data": {
+            "clip_seconds": 0.64,
+            "extra": {"context_seconds": 1.0, "input_rates": [16000], "level_bound_weight": 0.1},
+        },
+    }
+    recipe = recipe_from_dict(spec)
+    adapter = make_adapter(recipe, tmp_path)
+    model = build_model(recipe.model_config())
+    data = adapter._materialise(model, ("train", 5, 2))
+    assert data["bound_energy"].shape == (2, 64) and data["bound_mask"].shape == (2, 256)
+    loss, parts = adapter.loss(model, ("train", 5, 2), torch.Generator().manual_seed(0))
+    assert set(parts) == {"mse", "level_bound"} and torch.isfinite(loss)
+    expected = parts["mse"] + 0.1 * parts["level_bound"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
+    spec["data"]["extra"]["level_bound_weight"] = -1  # type: ignore[index]
+    with pytest.raises(ConfigError, match="level_bound_weight"):
+        make_adapter(recipe_from_dict(spec), tmp_path)
+
+    noise = torch.from_numpy(0.1 * rng.standard_normal((1, 48000))).float()
+    energy, mask = level_bound_target(model, lowpass(noise, 48000, 7600), 7600, f_min=20.0)
+    truth = (torch.matmul(model.mel.basis, model.mel.stft_magnitude(noise)) ** 2)[0]
+    true_energy = (truth * mask[:, None]).sum(dim=0)
+    ratio_db = 10 * torch.log10(energy[0] / true_energy)
+    assert abs(float(ratio_db.median())) < 3.0, ratio_db
+
+
+def test_upsample_init_from_starts_from_a_trained_model(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from audiotool.training.adapters import make_adapter
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        sf.write(tmp_path / split / "a.wav", np.zeros(48000), 48000)
+    spec = {
+        "task": "upsample",
+        "model": {"family": "latent_diffusion", "preset": "tiny"},
+        "data": {"clip_seconds": 0.64, "extra": {}},
+    }
+    config = recipe_from_dict(spec).model_config()
+    torch.manual_seed(1)
+    source = save_pretrained(build_model(config), config, tmp_path / "source")
+    spec["data"]["extra"] = {"init_from": str(source)}  # type: ignore[index]
+    adapter = make_adapter(recipe_from_dict(spec), tmp_path)
+    torch.manual_seed(2)
+    fresh = build_model(config)
+    adapter.prepare(fresh)
+    saved = load_file(str(source / "model.safetensors"))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
