@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from audiotool.data.augment import StemAugment, augment_stem
 from audiotool.errors import ConfigError, UsageError
 from audiotool.models.configs import CodecConfig, LatentDiffusionConfig
 from audiotool.training.clips import ClipIndex, SongIndex
@@ -232,6 +233,11 @@ class SeparateAdapter(AdapterBase):
     """Random crops of rendered songs, stem gains and remixing across songs; L1 + MR-STFT.
 
     The songs must be at the model's ``sample_rate`` (they are read as they are).
+    ``data.extra``: ``remix_prob`` (each stem from another random song, default 0.5);
+    ``augment`` (``true`` or a mapping of :class:`~audiotool.data.augment.StemAugment` fields:
+    per-stem gain, EQ tilt, speed, reverb, stereo width, applied before the mixture is summed,
+    so it stays the exact sum of the targets); ``init_from`` (a separate model whose weights
+    start a fresh run: zoo name, folder or Hub repo; same architecture).
     """
 
     name = "separate"
@@ -255,9 +261,27 @@ class SeparateAdapter(AdapterBase):
                     "or build the data at the model's rate",
                 )
         self.remix = float(recipe.data.extra.get("remix_prob", 0.5))
+        aug = recipe.data.extra.get("augment")
+        self.augment: StemAugment | None = None
+        if aug:
+            self.augment = StemAugment.from_dict(aug if isinstance(aug, dict) else {})
+
+    def prepare(self, model: nn.Module) -> None:
+        """Start from ``data.extra.init_from``'s weights when the recipe names one."""
+        from audiotool.checkpoints import load_state_strict
+        from audiotool.hub import load_model
+
+        source = self.recipe.data.extra.get("init_from")
+        if source:
+            loaded = load_model(str(source), task="separate")
+            load_state_strict(model, loaded.model.state_dict(), source=f"{source} (init_from)")
+            log.info("separator initialised from %s", source)
 
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
         length = int(self.recipe.data.clip_seconds * self.sample_rate)
+        read = length
+        if self.augment is not None and self.augment.p_speed > 0:
+            read = int(length * max(1.0, self.augment.speed[1])) + 1
         mixes: list[Tensor] = []
         refs: dict[str, list[Tensor]] = {s: [] for s in self.stems}
         n = len(self.train_set.songs)
@@ -272,11 +296,16 @@ class SeparateAdapter(AdapterBase):
                 )
                 start = int(
                     torch.randint(
-                        max(1, self.train_set.frames[song] - length), (1,), generator=generator
+                        max(1, self.train_set.frames[song] - read), (1,), generator=generator
                     )
                 )
                 gain = float(torch.empty(1).uniform_(0.5, 1.25, generator=generator))
-                stems[s] = self.train_set.crop(song, s, start, length) * gain
+                x = self.train_set.crop(song, s, start, read) * gain
+                if self.augment is not None:
+                    x = augment_stem(
+                        x, generator, sample_rate=self.sample_rate, config=self.augment
+                    )
+                stems[s] = x[..., :length]
             for s in self.stems:
                 refs[s].append(stems[s])
             mixes.append(torch.stack(list(stems.values())).sum(0))
