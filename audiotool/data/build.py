@@ -16,6 +16,13 @@ Kinds:
   ``bass.wav``, ``other.wav``; 44.1 kHz stereo float32) — bass, drums and other rendered
   from seeded MIDI with the FluidR3 SoundFont (one render per stem), vocals = real speech.
   ``mixture`` = the exact sum of the stems.
+- ``separate-families``: the same song layout, with stems from many *source families*: bass
+  and other from three General MIDI SoundFonts (FluidR3, Csound's sf_GMbank, OPL-3 FM), drums
+  from every percussion preset of those SoundFonts, the AVL Black Pearl kit and the Hydrogen
+  kits (one-shot sampler, :mod:`audiotool.data.drumkit`); stems loudness-balanced. ``val/``
+  holds only held-out families (:data:`HELDOUT_FAMILIES`: TimGM6mb instruments with the
+  TimGM6mb kits, the AVL Red Zeppelin kit, or the Hydrogen VariBreaks / Colombo kits; Danish
+  and Russian speakers), 8 s songs, each file's manifest entry naming its ``family``.
 - ``embed``: labelled clips, ``split/<label>/*.wav``: speech per language, drum pieces by
   kind, SoundFont instruments.
 - ``reconstruct``: short real clips (speech + rendered music).

@@ -64,11 +64,16 @@ def _card_data(data_dir: Path) -> str:
     manifest = data_dir / "manifest.json"
     if manifest.is_file():
         info = json.loads(manifest.read_text())
-        n = {s: sum(1 for f in info["files"] if f["split"] == s) for s in ("train", "val")}
-        hours = sum(f["duration"] for f in info["files"] if f["split"] == "train") / 3600
+        files = info["files"]
+        unit = "files"
+        songs = [f for f in files if f["file"].endswith("/mixture.wav")]
+        if songs:  # song folders: count songs and their length, not every stem file
+            files, unit = songs, "songs"
+        n = {s: sum(1 for f in files if f["split"] == s) for s in ("train", "val")}
+        hours = sum(f["duration"] for f in files if f["split"] == "train") / 3600
         return (
             f"`audiotool data build {info['kind']}` (seed {info['seed']}): {n['train']} "
-            f"train / {n['val']} val files, {hours:.2f} h train; split by "
+            f"train / {n['val']} val {unit}, {hours:.2f} h train; split by "
             f"{info['split_unit']}"
         )
     return str(data_dir)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,18 @@ def test_separate_data_must_be_at_the_model_rate(tmp_path: Path) -> None:
         make_adapter(recipe_from_dict(spec), tmp_path)
     spec["model"]["overrides"] = {"sample_rate": 22050}  # type: ignore[index]
     assert make_adapter(recipe_from_dict(spec), tmp_path).best_metric == "si_sdr"
+
+
+def test_card_data_counts_songs_not_stem_files(tmp_path: Path) -> None:
+    from audiotool.training.adapters import _card_data
+
+    files = [
+        {"file": f"{split}/song_{i}/{stem}.wav", "split": split, "duration": 10.0}
+        for split, n in (("train", 2), ("val", 1))
+        for i in range(n)
+        for stem in ("mixture", "vocals", "drums", "bass", "other")
+    ]
+    manifest = {"kind": "separate", "seed": 0, "split_unit": "song seed", "files": files}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    line = _card_data(tmp_path)
+    assert "2 train / 1 val songs, 0.01 h train" in line
