@@ -333,7 +333,9 @@ class DrumSource:
     kit_dir: Path | None = None
 
 
-def drum_sources(sources_dir: Path) -> list[DrumSource]:
+def drum_sources(
+    sources_dir: Path, *, synths: dict[str, tuple[Any, int]] | None = None
+) -> list[DrumSource]:
     """Every drum kit the fetched sources hold: each General MIDI SoundFont's percussion
     presets (bank 128), the AVL SoundFont kits, the Hydrogen kits."""
     from audiotool.data.render import soundfont_presets
@@ -341,7 +343,7 @@ def drum_sources(sources_dir: Path) -> list[DrumSource]:
     out = []
     for key in (*TRAIN_INSTRUMENT_FONTS, HELDOUT_INSTRUMENT_FONT):
         sf2 = source_files(sources_dir, key)[0]
-        for program, name in soundfont_presets(sf2, 128):
+        for program, name in soundfont_presets(sf2, 128, synths=synths):
             if "sfx" in name.lower() or "effect" in name.lower():
                 continue
             out.append(
@@ -383,7 +385,12 @@ def pick_kit(kits: list[DrumSource], rng: np.random.Generator) -> DrumSource:
 
 
 def _render_drums(
-    kit: DrumSource, notes: list[Any], seconds: float, rng: np.random.Generator, cache: dict
+    kit: DrumSource,
+    notes: list[Any],
+    seconds: float,
+    rng: np.random.Generator,
+    cache: dict,
+    synths: dict[str, tuple[Any, int]],
 ) -> np.ndarray:
     from audiotool.data.drumkit import load_kit, render_drums
     from audiotool.data.render import render_stem
@@ -401,6 +408,7 @@ def _render_drums(
         seconds=seconds,
         bank=kit.bank,
         pan=float(rng.uniform(-0.2, 0.2)),
+        synths=synths,
     )
 
 
@@ -412,6 +420,7 @@ def _render_melodic(
     rng: np.random.Generator,
     pan: float,
     fallbacks: tuple[int, ...],
+    synths: dict[str, tuple[Any, int]],
 ) -> tuple[np.ndarray, int]:
     """Render with ``program``; a preset the font lacks (an error, or silence) retries the
     ``fallbacks``, then program 0."""
@@ -421,7 +430,15 @@ def _render_melodic(
     prog = program
     for prog in (program, *fallbacks, 0):
         try:
-            x = render_stem(soundfont, notes, program=prog, drums=False, seconds=seconds, pan=pan)
+            x = render_stem(
+                soundfont,
+                notes,
+                program=prog,
+                drums=False,
+                seconds=seconds,
+                pan=pan,
+                synths=synths,
+            )
         except RuntimeError:  # tinysoundfont: no such preset in this font
             continue
         if float(np.sqrt(np.mean(x**2))) > 1e-4:
@@ -457,7 +474,10 @@ def build_separate_families(
     )
     w = _Writer(out_dir, manifest)
     speech = _speech_by_lang(sources_dir, manifest, 0.0)
-    train_kits, held_kits = split_drums(drum_sources(sources_dir))
+    # one loaded synthesiser per SoundFont for the whole build (renders then depend on the
+    # order they run in, which the seed fixes)
+    synths: dict[str, tuple[Any, int]] = {}
+    train_kits, held_kits = split_drums(drum_sources(sources_dir, synths=synths))
     fonts = {
         k: source_files(sources_dir, k)[0]
         for k in (*TRAIN_INSTRUMENT_FONTS, HELDOUT_INSTRUMENT_FONT)
@@ -482,7 +502,7 @@ def build_separate_families(
         kit = pick_kit(kits, song_rng)
         font_key = font_keys[int(song_rng.integers(0, len(font_keys)))]
         sf2 = fonts[font_key]
-        drums = _render_drums(kit, notes["drums"], seconds, song_rng, kit_cache)
+        drums = _render_drums(kit, notes["drums"], seconds, song_rng, kit_cache, synths)
         bass, bass_prog = _render_melodic(
             sf2,
             notes["bass"],
@@ -491,6 +511,7 @@ def build_separate_families(
             song_rng,
             float(song_rng.uniform(-0.1, 0.1)),
             (33, 32, 38),
+            synths,
         )
         other, other_prog = _render_melodic(
             sf2,
@@ -500,6 +521,7 @@ def build_separate_families(
             song_rng,
             float(song_rng.uniform(-0.5, 0.5)),
             (0, 24, 48),
+            synths,
         )
         langs = [lg for lg in sorted(speech) if (lg in VAL_LANGS) == (split == "val")]
         lang = langs[int(rng.integers(0, len(langs)))]

@@ -188,13 +188,17 @@ def render_stem(
     seconds: float,
     pan: float = 0.0,
     bank: int | None = None,
+    synths: dict[str, tuple[Any, int]] | None = None,
 ) -> np.ndarray:
     """Render ``notes`` with one instrument: float32 ``(2, seconds * RATE)``.
 
     ``bank`` defaults to 128 for drums (the General MIDI percussion bank; ``program`` picks the
-    kit there) and 0 otherwise.
+    kit there) and 0 otherwise. ``synths``: a cache of loaded synthesisers to reuse (loading
+    FluidR3 takes about a second); the output then depends on what the synthesiser rendered
+    before (a build is still reproducible: same renders in the same order), so by default a
+    fresh synthesiser makes every render a pure function of its arguments.
     """
-    synth, sfid = _synth(str(soundfont))
+    synth, sfid = _synth(str(soundfont), synths)
     if bank is None:
         bank = 128 if drums else 0
     synth.program_select(0, sfid, bank, program, is_drums=drums)
@@ -227,11 +231,8 @@ def render_stem(
     return out.T.copy()
 
 
-_SYNTHS: dict[str, tuple[Any, int]] = {}
-
-
-def _synth(soundfont: str) -> tuple[Any, int]:
-    """One loaded synthesiser per SoundFont (loading FluidR3 takes about a second)."""
+def _synth(soundfont: str, cache: dict[str, tuple[Any, int]] | None) -> tuple[Any, int]:
+    """A synthesiser with ``soundfont`` loaded: from ``cache`` when given, else a fresh one."""
     try:
         import tinysoundfont
     except ImportError as exc:
@@ -239,15 +240,20 @@ def _synth(soundfont: str) -> tuple[Any, int]:
             "rendering stems needs tinysoundfont",
             hint="pip install --no-deps tinysoundfont (its PyAudio dependency is not needed)",
         ) from exc
-    if soundfont not in _SYNTHS:
-        synth = tinysoundfont.Synth(samplerate=RATE)
-        _SYNTHS[soundfont] = (synth, synth.sfload(soundfont))
-    return _SYNTHS[soundfont]
+    if cache is not None and soundfont in cache:
+        return cache[soundfont]
+    synth = tinysoundfont.Synth(samplerate=RATE)
+    loaded = (synth, synth.sfload(soundfont))
+    if cache is not None:
+        cache[soundfont] = loaded
+    return loaded
 
 
-def soundfont_presets(soundfont: Path, bank: int) -> list[tuple[int, str]]:
+def soundfont_presets(
+    soundfont: Path, bank: int, *, synths: dict[str, tuple[Any, int]] | None = None
+) -> list[tuple[int, str]]:
     """The ``(program, name)`` presets of ``bank`` in ``soundfont``."""
-    synth, sfid = _synth(str(soundfont))
+    synth, sfid = _synth(str(soundfont), synths)
     out = []
     for program in range(128):
         name = synth.sfpreset_name(sfid, bank, program)

@@ -118,3 +118,17 @@ def test_build_separate_families(tmp_path: Path, sources: Path) -> None:
     result = evaluate_separation(out / "val", systems={})
     mixture = next(r for r in result["rows"] if r["system"] == "mixture")
     assert set(mixture["families"]) == set(HELDOUT_FAMILIES)
+
+
+def test_render_is_pure_without_a_synth_cache(tmp_path: Path) -> None:
+    from audiotool.data.render import Note, render_stem
+
+    sf2 = write_tiny_sf2(tmp_path / "t.sf2")
+    notes = [Note(0.0, 0.3, 69, 100), Note(0.2, 0.6, 72, 90)]
+    a = render_stem(sf2, notes, program=0, drums=False, seconds=0.7)
+    render_stem(sf2, [Note(0.0, 0.7, 60, 127)], program=0, drums=True, seconds=0.7)
+    b = render_stem(sf2, notes, program=0, drums=False, seconds=0.7)
+    assert np.array_equal(a, b) and np.abs(a).max() > 0
+    synths: dict = {}
+    c = render_stem(sf2, notes, program=0, drums=False, seconds=0.7, synths=synths)
+    assert np.array_equal(a, c) and len(synths) == 1  # the first render of a cached synth
