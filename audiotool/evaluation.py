@@ -25,6 +25,7 @@ Non-finite numbers (the SI-SDR of a silent reference) are written as ``null``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -240,13 +241,41 @@ def evaluate_separation(
                 entry[s] = scores
             entry["average"] = {k: _mean([entry[s][k] for s in stems]) for k in entry[stems[0]]}
             rows[name].append(entry)
-    out_rows = []
-    for name, files in rows.items():
+
+    def summary(files: list[dict[str, Any]]) -> dict[str, Any]:
         metric_keys = list(files[0][stems[0]]) if files else ["si_sdr", "usdr"]
         mean = {s: {k: _mean([f[s][k] for f in files]) for k in metric_keys} for s in stems}
         mean["average"] = {k: _mean([mean[s][k] for s in stems]) for k in metric_keys}
-        out_rows.append({"system": name, "mean": mean, "files": files})
+        return mean
+
+    families = song_families(data_dir)
+    out_rows = []
+    for name, files in rows.items():
+        row: dict[str, Any] = {"system": name, "mean": summary(files), "files": files}
+        if families:
+            for f in files:
+                f["family"] = families.get(Path(f["file"]).resolve())
+            names = sorted({f["family"] for f in files if f["family"]})
+            row["families"] = {
+                fam: summary([f for f in files if f["family"] == fam]) for fam in names
+            }
+        out_rows.append(row)
     return {"task": "separate", "stems": list(stems), "rows": out_rows}
+
+
+def song_families(data_dir: Path) -> dict[Path, str]:
+    """Song folder -> source family, from the ``manifest.json`` of ``audiotool data build``
+    (in ``data_dir`` or its parent) when its entries carry a ``family``; else empty."""
+    for root in (Path(data_dir), Path(data_dir).parent):
+        manifest = root / "manifest.json"
+        if manifest.is_file():
+            info = json.loads(manifest.read_text())
+            return {
+                (root / entry["file"]).parent.resolve(): str(entry["family"])
+                for entry in info.get("files", [])
+                if entry.get("family")
+            }
+    return {}
 
 
 # --------------------------------------------------------------------------- reconstruct
@@ -394,10 +423,16 @@ def format_rows(
         stems = [*result["stems"], "average"]
         header = ["system", "file"] + [f"{s} {m}" for s in stems for m in ("SI-SDR", "uSDR")]
         for row in result["rows"]:
-            items = (row["files"] if per_file else []) + [{"file": "mean", **row["mean"]}]
+            items = (row["files"] if per_file else []) + [
+                {"file": f"mean {fam}", **m} for fam, m in row.get("families", {}).items()
+            ]
+            items.append({"file": "mean", **row["mean"]})
             for f in items:
                 rows.append(
-                    [row["system"], Path(f["file"]).name if f["file"] != "mean" else "mean"]
+                    [
+                        row["system"],
+                        f["file"] if f["file"].startswith("mean") else Path(f["file"]).name,
+                    ]
                     + [_fmt(f[s][m]) for s in stems for m in ("si_sdr", "usdr")]
                 )
         return header, rows

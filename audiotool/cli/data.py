@@ -33,7 +33,10 @@ def fetch(sources: SourcesOpt = Path("data-sources")) -> None:
     "--sources ~/audiotool-sources --seed 0",
 )
 def build(
-    kind: Annotated[str, typer.Argument(help="upsample | separate | embed | reconstruct")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="upsample | separate | separate-families | embed | reconstruct"),
+    ],
     out: Annotated[Path, typer.Argument(help="New folder to write.")],
     sources: SourcesOpt = Path("data-sources"),
     seed: Annotated[int, typer.Option("--seed")] = 0,

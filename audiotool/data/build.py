@@ -16,6 +16,13 @@ Kinds:
   ``bass.wav``, ``other.wav``; 44.1 kHz stereo float32) — bass, drums and other rendered
   from seeded MIDI with the FluidR3 SoundFont (one render per stem), vocals = real speech.
   ``mixture`` = the exact sum of the stems.
+- ``separate-families``: the same song layout, with stems from many *source families*: bass
+  and other from three General MIDI SoundFonts (FluidR3, Csound's sf_GMbank, OPL-3 FM), drums
+  from every percussion preset of those SoundFonts, the AVL Black Pearl kit and the Hydrogen
+  kits (one-shot sampler, :mod:`audiotool.data.drumkit`); stems loudness-balanced. ``val/``
+  holds only held-out families (:data:`HELDOUT_FAMILIES`: TimGM6mb instruments with the
+  TimGM6mb kits, the AVL Red Zeppelin kit, or the Hydrogen VariBreaks / Colombo kits; Danish
+  and Russian speakers), 8 s songs, each file's manifest entry naming its ``family``.
 - ``embed``: labelled clips, ``split/<label>/*.wav``: speech per language, drum pieces by
   kind, SoundFont instruments.
 - ``reconstruct``: short real clips (speech + rendered music).
@@ -43,7 +50,7 @@ from audiotool.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("upsample", "separate", "embed", "reconstruct")
+KINDS = ("upsample", "separate", "separate-families", "embed", "reconstruct")
 #: languages whose descriptions reach >= 19 kHz (measured: see benchmarks/data/SOURCES.md)
 WIDE_LANGS = ("be", "da", "es", "fr", "ml", "bg", "ro", "ru")
 VAL_LANGS = ("da", "ru")
@@ -292,6 +299,299 @@ def build_separate(
     return manifest
 
 
+#: SoundFonts whose melodic instruments render bass / other in training, and the held-out one
+TRAIN_INSTRUMENT_FONTS = ("fluid", "csound", "opl3")
+HELDOUT_INSTRUMENT_FONT = "timgm"
+#: drum sources never used in training (whole families: a SoundFont's kit, an AVL kit,
+#: Hydrogen kits)
+HELDOUT_DRUMS = (
+    "sf2:timgm",
+    "avl:Red_Zeppelin",
+    "hydrogen:VariBreaks",
+    "hydrogen:ColomboAcousticDrumkit",
+)
+#: held-out validation families: name -> drum sources (instruments: the held-out SoundFont)
+HELDOUT_FAMILIES = {
+    "timgm6mb": ("sf2:timgm",),
+    "avl-red-zeppelin": ("avl:Red_Zeppelin",),
+    "hydrogen-heldout": ("hydrogen:VariBreaks", "hydrogen:ColomboAcousticDrumkit"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DrumSource:
+    """One drum kit: a SoundFont preset (``soundfont``, ``bank``, ``program``) or a Hydrogen
+    kit folder (``kit_dir``); ``family`` is what the split holds out (e.g. ``sf2:fluid``,
+    ``hydrogen:VariBreaks``)."""
+
+    family: str
+    name: str
+    licence: str
+    soundfont: Path | None = None
+    bank: int = 128
+    program: int = 0
+    kit_dir: Path | None = None
+
+
+def drum_sources(
+    sources_dir: Path, *, synths: dict[str, tuple[Any, int]] | None = None
+) -> list[DrumSource]:
+    """Every drum kit the fetched sources hold: each General MIDI SoundFont's percussion
+    presets (bank 128), the AVL SoundFont kits, the Hydrogen kits."""
+    from audiotool.data.render import soundfont_presets
+
+    out = []
+    for key in (*TRAIN_INSTRUMENT_FONTS, HELDOUT_INSTRUMENT_FONT):
+        sf2 = source_files(sources_dir, key)[0]
+        for program, name in soundfont_presets(sf2, 128, synths=synths):
+            if "sfx" in name.lower() or "effect" in name.lower():
+                continue
+            out.append(
+                DrumSource(f"sf2:{key}", f"{key}/{name}", SOURCES[key].licence, sf2, 128, program)
+            )
+    for sf2 in source_files(sources_dir, "avldrums"):
+        kit = sf2.stem.replace("_4_LV2", "")
+        out.append(DrumSource(f"avl:{kit}", f"avl/{kit}", SOURCES["avldrums"].licence, sf2, 0, 0))
+    kits = sorted({p.parent for p in source_files(sources_dir, "hydrogen")})
+    for kit_dir in kits:
+        if (kit_dir / "drumkit.xml").is_file():
+            out.append(
+                DrumSource(
+                    f"hydrogen:{kit_dir.name}",
+                    f"hydrogen/{kit_dir.name}",
+                    licence_of("hydrogen", kit_dir / "x"),
+                    kit_dir=kit_dir,
+                )
+            )
+    return out
+
+
+def split_drums(kits: list[DrumSource]) -> tuple[list[DrumSource], list[DrumSource]]:
+    """``(train, held out)``: a kit is held out when its family is in :data:`HELDOUT_DRUMS`."""
+    train = [k for k in kits if k.family not in HELDOUT_DRUMS]
+    held = [k for k in kits if k.family in HELDOUT_DRUMS]
+    return train, held
+
+
+def pick_kit(kits: list[DrumSource], rng: np.random.Generator) -> DrumSource:
+    """A kit drawn so that no source dominates: SoundFont kits and Hydrogen kits half the time
+    each (when both are present), then a family uniformly, then a kit of that family."""
+    kinds = sorted({k.family.startswith("hydrogen:") for k in kits})
+    hydrogen = kinds[int(rng.integers(0, len(kinds)))]
+    families = sorted({k.family for k in kits if k.family.startswith("hydrogen:") == hydrogen})
+    family = families[int(rng.integers(0, len(families)))]
+    members = [k for k in kits if k.family == family]
+    return members[int(rng.integers(0, len(members)))]
+
+
+def _render_drums(
+    kit: DrumSource,
+    notes: list[Any],
+    seconds: float,
+    rng: np.random.Generator,
+    cache: dict,
+    synths: dict[str, tuple[Any, int]],
+) -> np.ndarray:
+    from audiotool.data.drumkit import load_kit, render_drums
+    from audiotool.data.render import render_stem
+
+    if kit.kit_dir is not None:
+        if kit.kit_dir not in cache:
+            cache[kit.kit_dir] = load_kit(kit.kit_dir)
+        return render_drums(cache[kit.kit_dir], notes, seconds=seconds, rng=rng)
+    assert kit.soundfont is not None
+    return render_stem(
+        kit.soundfont,
+        notes,
+        program=kit.program,
+        drums=True,
+        seconds=seconds,
+        bank=kit.bank,
+        pan=float(rng.uniform(-0.2, 0.2)),
+        synths=synths,
+    )
+
+
+def _render_melodic(
+    soundfont: Path,
+    notes: list[Any],
+    program: int,
+    seconds: float,
+    rng: np.random.Generator,
+    pan: float,
+    fallbacks: tuple[int, ...],
+    synths: dict[str, tuple[Any, int]],
+) -> tuple[np.ndarray, int]:
+    """Render with ``program``; a preset the font lacks (an error, or silence) retries the
+    ``fallbacks``, then program 0."""
+    from audiotool.data.render import RATE, render_stem
+
+    x = np.zeros((2, int(seconds * RATE)), dtype=np.float32)
+    prog = program
+    for prog in (program, *fallbacks, 0):
+        try:
+            x = render_stem(
+                soundfont,
+                notes,
+                program=prog,
+                drums=False,
+                seconds=seconds,
+                pan=pan,
+                synths=synths,
+            )
+        except RuntimeError:  # tinysoundfont: no such preset in this font
+            continue
+        if float(np.sqrt(np.mean(x**2))) > 1e-4:
+            return x, prog
+    return x, prog
+
+
+def build_separate_families(
+    sources_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    max_items: int,
+    clip_seconds: float = 10.0,
+    val_seconds: float = 8.0,
+    val_per_family: int = 10,
+) -> Manifest:
+    """Songs whose stems come from many source families, and a validation set made only of
+    held-out families (see :data:`HELDOUT_FAMILIES`): instruments from a SoundFont never used in
+    training, drums from kits never used in training, vocals from held-out languages.
+
+    ``max_items`` training songs of ``clip_seconds``; ``val_per_family`` songs of
+    ``val_seconds`` per held-out family. Each drum part is rendered either by a SoundFont's
+    percussion preset or by the Hydrogen one-shot sampler (:mod:`audiotool.data.drumkit`).
+    Every file's manifest entry records its ``family``, drum kit and instrument SoundFont.
+    """
+    from audiotool.data.render import RATE, varied_song
+
+    manifest = Manifest(
+        "separate-families",
+        seed,
+        "source family: instrument SoundFont, drum kit family; vocals by language",
+    )
+    w = _Writer(out_dir, manifest)
+    speech = _speech_by_lang(sources_dir, manifest, 0.0)
+    # one loaded synthesiser per SoundFont for the whole build (renders then depend on the
+    # order they run in, which the seed fixes)
+    synths: dict[str, tuple[Any, int]] = {}
+    train_kits, held_kits = split_drums(drum_sources(sources_dir, synths=synths))
+    fonts = {
+        k: source_files(sources_dir, k)[0]
+        for k in (*TRAIN_INSTRUMENT_FONTS, HELDOUT_INSTRUMENT_FONT)
+    }
+    rng = np.random.default_rng(seed)
+    kit_cache: dict = {}
+    jobs: list[tuple[str, str, list[DrumSource], list[str], float]] = []
+    for _ in range(max_items):
+        jobs.append(("train", "train", train_kits, list(TRAIN_INSTRUMENT_FONTS), clip_seconds))
+    for family, members in HELDOUT_FAMILIES.items():
+        kits = [k for k in held_kits if k.family in members]
+        if not kits:
+            log.warning("held-out family %s has no kit in %s", family, sources_dir)
+            continue
+        for _ in range(val_per_family):
+            jobs.append(("val", family, kits, [HELDOUT_INSTRUMENT_FONT], val_seconds))
+    counters: dict[str, int] = defaultdict(int)
+    for split, family, kits, font_keys, seconds in jobs:
+        song_seed = int(rng.integers(0, 2**31))
+        song_rng = np.random.default_rng(song_seed)
+        notes, programs = varied_song(song_rng, seconds)
+        kit = pick_kit(kits, song_rng)
+        font_key = font_keys[int(song_rng.integers(0, len(font_keys)))]
+        sf2 = fonts[font_key]
+        drums = _render_drums(kit, notes["drums"], seconds, song_rng, kit_cache, synths)
+        bass, bass_prog = _render_melodic(
+            sf2,
+            notes["bass"],
+            programs["bass"],
+            seconds,
+            song_rng,
+            float(song_rng.uniform(-0.1, 0.1)),
+            (33, 32, 38),
+            synths,
+        )
+        other, other_prog = _render_melodic(
+            sf2,
+            notes["other"],
+            programs["other"],
+            seconds,
+            song_rng,
+            float(song_rng.uniform(-0.5, 0.5)),
+            (0, 24, 48),
+            synths,
+        )
+        langs = [lg for lg in sorted(speech) if (lg in VAL_LANGS) == (split == "val")]
+        lang = langs[int(rng.integers(0, len(langs)))]
+        items = speech[lang]
+        picks = [items[int(j)] for j in rng.permutation(len(items))[:12]]
+        voice = _resample(
+            _join(
+                [p[1] for p in picks], picks[0][2], seconds * 2, gap=float(rng.uniform(0.2, 0.8))
+            ),
+            picks[0][2],
+            RATE,
+        )
+        total = bass.shape[1]
+        voice = np.pad(voice[:total], (0, max(0, total - len(voice))))
+        vocals = np.stack([voice, voice]).astype(np.float32)
+        raw = {"vocals": vocals, "drums": drums, "bass": bass, "other": other}
+        # loudness-balanced stems (RMS, each -6..0 dB around a common level), so that no stem is
+        # systematically buried; one common gain then keeps the mixture's peak below 0.95
+        scaled = {}
+        for k, v in raw.items():
+            rms = float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
+            level = 0.05 * 10 ** (rng.uniform(-6.0, 0.0) / 20)
+            scaled[k] = (v * (level / rms if rms > 1e-8 else 0.0)).astype(np.float32)
+        mixture = np.zeros_like(scaled["bass"])
+        for v in scaled.values():
+            mixture = mixture + v
+        peak = float(np.abs(mixture).max())
+        if peak > 0.95:
+            scaled = {
+                k: (v * np.float32(0.95 / peak)).astype(np.float32) for k, v in scaled.items()
+            }
+            mixture = np.zeros_like(scaled["bass"])
+            for v in scaled.values():
+                mixture = mixture + v
+        n = counters[family]
+        counters[family] += 1
+        song = f"{split}/{family}_{n:03d}" if split == "val" else f"train/song_{n:04d}"
+        meta = {
+            "family": family,
+            "song_seed": song_seed,
+            "vocals_language": lang,
+            "drum_kit": kit.name,
+            "drum_family": kit.family,
+            "instrument_soundfont": font_key,
+            "programs": {"bass": bass_prog, "other": other_prog},
+        }
+        for name, audio in {"mixture": mixture, **scaled}.items():
+            if name == "drums":
+                srcs, lic = [kit.name], kit.licence
+            elif name in ("bass", "other"):
+                srcs, lic = [str(sf2)], SOURCES[font_key].licence
+            elif name == "vocals":
+                srcs, lic = [str(p[0]) for p in picks], "GPL-2"
+            else:
+                srcs, lic = ["sum of stems"], "see the stems"
+            w.write(
+                f"{song}/{name}.wav",
+                audio,
+                RATE,
+                split=split,
+                subtype="FLOAT",
+                sources=srcs,
+                licence=lic,
+                **meta,
+            )
+        if sum(counters.values()) % 25 == 0:
+            log.info("separate-families: %d of %d songs", sum(counters.values()), len(jobs))
+    return manifest
+
+
 def build_embed(
     sources_dir: Path, out_dir: Path, *, seed: int, max_items: int, clip_seconds: float = 2.0
 ) -> Manifest:
@@ -416,6 +716,7 @@ def build_reconstruct(
 BUILDERS: dict[str, Callable[..., Manifest]] = {
     "upsample": build_upsample,
     "separate": build_separate,
+    "separate-families": build_separate_families,
     "embed": build_embed,
     "reconstruct": build_reconstruct,
 }

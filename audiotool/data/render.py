@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,10 @@ class Note:
 
 
 def _song_notes(rng: np.random.Generator, seconds: float) -> dict[str, list[Note]]:
+    return _song_parts(rng, seconds)[0]
+
+
+def _song_parts(rng: np.random.Generator, seconds: float) -> tuple[dict[str, list[Note]], float]:
     bpm = float(rng.uniform(85, 140))
     beat = 60.0 / bpm
     key = int(rng.integers(0, 12))
@@ -80,7 +85,98 @@ def _song_notes(rng: np.random.Generator, seconds: float) -> dict[str, list[Note
                 notes["drums"].append(Note(t, t + 0.2, SNARE, int(rng.integers(90, 120))))
         if bar % 4 == 0:
             notes["drums"].append(Note(t0, t0 + 1.0, CRASH, 90))
-    return notes
+    return notes, bpm
+
+
+#: General MIDI percussion notes used by :func:`drum_groove`
+RIDE, PEDAL_HAT, CLAP, SIDE_STICK, TOMS = 51, 44, 39, 37, (41, 43, 45, 47, 48, 50)
+
+
+def drum_groove(rng: np.random.Generator, seconds: float, bpm: float) -> list[Note]:
+    """A seeded drum part (General MIDI notes) in one of six styles: rock eighths, sixteenth
+    hats, ride swing, half time, four on the floor, sparse percussion; tom fills and crashes
+    at phrase ends, random velocities and small timing offsets."""
+    beat = 60.0 / bpm
+    style = int(rng.integers(0, 6))
+    bars = int(seconds / (4 * beat)) + 1
+    cymbal = RIDE if style == 2 else (PEDAL_HAT if rng.random() < 0.15 else HAT_CLOSED)
+    sub = 4 if style == 1 else (3 if style == 2 else 2)  # cymbal hits per beat
+    notes: list[Note] = []
+
+    def hit(t: float, pitch: int, lo: int, hi: int, length: float = 0.15) -> None:
+        t = max(0.0, t + float(rng.normal(0, 0.004)))
+        notes.append(Note(t, t + length, pitch, int(rng.integers(lo, hi))))
+
+    for bar in range(bars):
+        t0 = bar * 4 * beat
+        fill = bar % 4 == 3 and rng.random() < 0.5
+        for b in range(4):
+            tb = t0 + b * beat
+            if fill and b >= 2:
+                for k in range(4):
+                    tom = TOMS[int(rng.integers(0, len(TOMS)))]
+                    hit(tb + k * beat / 4, tom, 70, 120, 0.3)
+                continue
+            if style != 5:
+                for k in range(sub):
+                    if style == 2 and k == 1:
+                        continue
+                    open_hat = k == sub - 1 and b == 3 and rng.random() < 0.3
+                    hit(tb + k * beat / sub, HAT_OPEN if open_hat else cymbal, 40, 95)
+            if style == 3:  # half time: kick on 1, snare on 3
+                if b == 0 or (b == 2 and rng.random() < 0.3):
+                    hit(tb, KICK, 95, 127, 0.3)
+                if b == 2:
+                    hit(tb, SNARE, 90, 125, 0.3)
+            elif style == 4:  # four on the floor, clap / snare on 2 and 4
+                hit(tb, KICK, 100, 127, 0.3)
+                if b in (1, 3):
+                    hit(tb, CLAP if rng.random() < 0.5 else SNARE, 85, 120, 0.3)
+            elif style == 5:  # sparse percussion
+                if rng.random() < 0.7:
+                    hit(tb, KICK if b % 2 == 0 else SIDE_STICK, 70, 115, 0.2)
+                if rng.random() < 0.5:
+                    hit(tb + beat / 2, TOMS[int(rng.integers(0, len(TOMS)))], 50, 100, 0.3)
+            else:
+                if b in (0, 2) or rng.random() < 0.2:
+                    hit(tb, KICK, 95, 127, 0.3)
+                if rng.random() < 0.25:
+                    hit(tb + beat / 2, KICK, 80, 115, 0.3)
+                if b in (1, 3):
+                    hit(tb, SNARE, 90, 125, 0.3)
+                elif rng.random() < 0.1:
+                    hit(tb + 3 * beat / 4, SNARE, 30, 60, 0.2)  # ghost note
+        if bar % 4 == 0 or (bar % 2 == 0 and rng.random() < 0.3):
+            hit(t0, CRASH, 80, 120, 1.0)
+    return sorted(notes, key=lambda n: n.start)
+
+
+def varied_song(
+    rng: np.random.Generator, seconds: float
+) -> tuple[dict[str, list[Note]], dict[str, int]]:
+    """Notes of a seeded song with a :func:`drum_groove` drum part, and General MIDI programs
+    for ``bass`` and ``other`` drawn from wide sets (all bass programs; any melodic program
+    below the sound effects, bass excluded), the other part moved by -1..+1 octaves."""
+    notes, bpm = _song_parts(rng, seconds)
+    scale = float(rng.uniform(0.75, 1.35))  # wider tempo range than the plain songs
+    octave = 12 * int(rng.integers(-1, 2))
+    notes = {
+        k: [
+            Note(
+                n.start / scale,
+                n.end / scale,
+                int(np.clip(n.pitch + (octave if k == "other" else 0), 24, 100)),
+                n.velocity,
+            )
+            for n in v
+            if n.start / scale < seconds
+        ]
+        for k, v in notes.items()
+    }
+    notes["drums"] = drum_groove(rng, seconds, bpm * scale)
+    melodic = [p for p in range(0, 96) if not 32 <= p < 40]
+    programs = {"bass": int(rng.integers(32, 40)), "other": int(rng.choice(melodic))}
+    return notes, programs
 
 
 def render_stem(
@@ -91,18 +187,21 @@ def render_stem(
     drums: bool,
     seconds: float,
     pan: float = 0.0,
+    bank: int | None = None,
+    synths: dict[str, tuple[Any, int]] | None = None,
 ) -> np.ndarray:
-    """Render ``notes`` with one instrument: float32 ``(2, seconds * RATE)``."""
-    try:
-        import tinysoundfont
-    except ImportError as exc:
-        raise UsageError(
-            "rendering stems needs tinysoundfont",
-            hint="pip install --no-deps tinysoundfont (its PyAudio dependency is not needed)",
-        ) from exc
-    synth = tinysoundfont.Synth(samplerate=RATE)
-    sfid = synth.sfload(str(soundfont))
-    synth.program_select(0, sfid, 128 if drums else 0, 0 if drums else program, is_drums=drums)
+    """Render ``notes`` with one instrument: float32 ``(2, seconds * RATE)``.
+
+    ``bank`` defaults to 128 for drums (the General MIDI percussion bank; ``program`` picks the
+    kit there) and 0 otherwise. ``synths``: a cache of loaded synthesisers to reuse (loading
+    FluidR3 takes about a second); the output then depends on what the synthesiser rendered
+    before (a build is still reproducible: same renders in the same order), so by default a
+    fresh synthesiser makes every render a pure function of its arguments.
+    """
+    synth, sfid = _synth(str(soundfont), synths)
+    if bank is None:
+        bank = 128 if drums else 0
+    synth.program_select(0, sfid, bank, program, is_drums=drums)
     events = sorted(
         [(n.start, 1, n) for n in notes] + [(n.end, 0, n) for n in notes],
         key=lambda e: (e[0], e[1]),
@@ -124,10 +223,43 @@ def render_stem(
             synth.noteoff(0, note.pitch)
     if pos < total:
         out[pos:] = np.frombuffer(synth.generate(total - pos), dtype=np.float32).reshape(-1, 2)
+    synth.sounds_off(0)
+    synth.generate(64)  # flush the released voices before the next render
     left, right = np.sqrt(0.5 * (1 - pan)), np.sqrt(0.5 * (1 + pan))
     out[:, 0] *= left * np.sqrt(2)
     out[:, 1] *= right * np.sqrt(2)
     return out.T.copy()
+
+
+def _synth(soundfont: str, cache: dict[str, tuple[Any, int]] | None) -> tuple[Any, int]:
+    """A synthesiser with ``soundfont`` loaded: from ``cache`` when given, else a fresh one."""
+    try:
+        import tinysoundfont
+    except ImportError as exc:
+        raise UsageError(
+            "rendering stems needs tinysoundfont",
+            hint="pip install --no-deps tinysoundfont (its PyAudio dependency is not needed)",
+        ) from exc
+    if cache is not None and soundfont in cache:
+        return cache[soundfont]
+    synth = tinysoundfont.Synth(samplerate=RATE)
+    loaded = (synth, synth.sfload(soundfont))
+    if cache is not None:
+        cache[soundfont] = loaded
+    return loaded
+
+
+def soundfont_presets(
+    soundfont: Path, bank: int, *, synths: dict[str, tuple[Any, int]] | None = None
+) -> list[tuple[int, str]]:
+    """The ``(program, name)`` presets of ``bank`` in ``soundfont``."""
+    synth, sfid = _synth(str(soundfont), synths)
+    out = []
+    for program in range(128):
+        name = synth.sfpreset_name(sfid, bank, program)
+        if name:
+            out.append((program, str(name)))
+    return out
 
 
 def render_song(soundfont: Path, seed: int, seconds: float) -> dict[str, np.ndarray]:

@@ -68,7 +68,39 @@ SOURCES: dict[str, Source] = {
         False,
         "General MIDI SoundFont (FluidR3) for rendering stems",
     ),
+    "timgm": Source(
+        "timgm6mb-soundfont",
+        ("usr/share/sounds/sf2/TimGM6mb.sf2",),
+        "GPL-2",
+        False,
+        "small General MIDI SoundFont (TimGM6mb, 6 MB) with a GM drum kit",
+    ),
+    "csound": Source(
+        "csound-soundfont",
+        ("usr/share/sounds/sf2/sf_GMbank.sf2",),
+        "public-domain",
+        False,
+        "General MIDI SoundFont of Csound (sf_GMbank, 4 MB) with a GM drum kit",
+    ),
+    "opl3": Source(
+        "opl3-soundfont",
+        ("usr/share/sounds/sf2/OPL-3_FM_128M.sf2",),
+        "CC-BY-SA-4.0",
+        False,
+        "General MIDI SoundFont sampled from an OPL-3 FM synthesiser, with a GM drum kit",
+    ),
+    "avldrums": Source(
+        "avldrums.lv2-soundfont",
+        ("usr/share/sounds/sf2/*_LV2.sf2",),
+        "CC-BY-SA-3.0",
+        False,
+        "two multi-sampled acoustic drum kits (Black Pearl, Red Zeppelin) as SoundFonts",
+    ),
 }
+
+#: Debian packages looked at and not used: fluid-soundfont-gs (33 GS sound effects, no extra
+#: instruments or kits), musescore-general-soundfont-small (.sf3: Ogg-compressed samples that
+#: tinysoundfont renders as near-silence), hydrogen-drumkits-effects (one guitar-strum kit).
 
 
 #: per-kit licences of hydrogen-drumkits (from its copyright file)

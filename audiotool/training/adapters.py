@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from audiotool.data.augment import StemAugment, augment_stem
 from audiotool.errors import ConfigError, UsageError
 from audiotool.models.configs import CodecConfig, LatentDiffusionConfig
 from audiotool.training.clips import ClipIndex, SongIndex
@@ -63,11 +64,16 @@ def _card_data(data_dir: Path) -> str:
     manifest = data_dir / "manifest.json"
     if manifest.is_file():
         info = json.loads(manifest.read_text())
-        n = {s: sum(1 for f in info["files"] if f["split"] == s) for s in ("train", "val")}
-        hours = sum(f["duration"] for f in info["files"] if f["split"] == "train") / 3600
+        files = info["files"]
+        unit = "files"
+        songs = [f for f in files if f["file"].endswith("/mixture.wav")]
+        if songs:  # song folders: count songs and their length, not every stem file
+            files, unit = songs, "songs"
+        n = {s: sum(1 for f in files if f["split"] == s) for s in ("train", "val")}
+        hours = sum(f["duration"] for f in files if f["split"] == "train") / 3600
         return (
             f"`audiotool data build {info['kind']}` (seed {info['seed']}): {n['train']} "
-            f"train / {n['val']} val files, {hours:.2f} h train; split by "
+            f"train / {n['val']} val {unit}, {hours:.2f} h train; split by "
             f"{info['split_unit']}"
         )
     return str(data_dir)
@@ -92,8 +98,17 @@ class AdapterBase(ABC):
         self.config = recipe.model_config()
         self.sample_rate = int(self.config.sample_rate)
 
-    def prepare(self, model: nn.Module) -> None:  # noqa: B027 (optional hook, a no-op here)
-        """Nothing to do on a fresh model."""
+    def prepare(self, model: nn.Module) -> None:
+        """Start from ``data.extra.init_from``'s weights (a model spec of this task: zoo name,
+        folder or Hub repo), loaded strictly, when the recipe names one (a fine-tune)."""
+        from audiotool.checkpoints import load_state_strict
+        from audiotool.hub import load_model
+
+        source = self.recipe.data.extra.get("init_from")
+        if source:
+            loaded = load_model(str(source), task=self.name)
+            load_state_strict(model, loaded.model.state_dict(), source=f"{source} (init_from)")
+            log.info("%s model initialised from %s", self.name, source)
 
     def card_facts(self) -> dict[str, Any]:
         return {"data": _card_data(self.data_dir)}
@@ -157,22 +172,10 @@ class UpsampleAdapter(AdapterBase):
         self.context_seconds = float(extra.get("context_seconds", 8.0))
         self.filters = list(extra.get("filters", ["none", "cheby1", "butter"]))
         self.level_bound_weight = float(extra.get("level_bound_weight", 0.0))
-        self.init_from: str | None = extra.get("init_from")
         if self.level_bound_weight < 0:
             raise ConfigError(
                 f"data.extra.level_bound_weight must be >= 0, got {self.level_bound_weight}"
             )
-
-    def prepare(self, model: nn.Module) -> None:
-        """Load ``data.extra.init_from``'s weights into the fresh model (strictly), if given."""
-        if not self.init_from:
-            return
-        from audiotool.checkpoints import load_state_strict
-        from audiotool.hub import load_model
-
-        source = load_model(self.init_from, task="upsample")
-        load_state_strict(model, source.model.state_dict(), source=f"{self.init_from} (init_from)")
-        log.info("upsample model initialised from %s", self.init_from)
 
     def _item(
         self,
@@ -301,6 +304,11 @@ class SeparateAdapter(AdapterBase):
     """Random crops of rendered songs, stem gains and remixing across songs; L1 + MR-STFT.
 
     The songs must be at the model's ``sample_rate`` (they are read as they are).
+    ``data.extra``: ``remix_prob`` (each stem from another random song, default 0.5);
+    ``augment`` (``true`` or a mapping of :class:`~audiotool.data.augment.StemAugment` fields:
+    per-stem gain, EQ tilt, speed, reverb, stereo width, applied before the mixture is summed,
+    so it stays the exact sum of the targets); ``init_from`` (a separate model whose weights
+    start a fresh run: zoo name, folder or Hub repo; same architecture).
     """
 
     name = "separate"
@@ -324,9 +332,16 @@ class SeparateAdapter(AdapterBase):
                     "or build the data at the model's rate",
                 )
         self.remix = float(recipe.data.extra.get("remix_prob", 0.5))
+        aug = recipe.data.extra.get("augment")
+        self.augment: StemAugment | None = None
+        if aug:
+            self.augment = StemAugment.from_dict(aug if isinstance(aug, dict) else {})
 
     def train_batch(self, step: int, rank: int, batch_size: int, generator: torch.Generator) -> Any:
         length = int(self.recipe.data.clip_seconds * self.sample_rate)
+        read = length
+        if self.augment is not None and self.augment.p_speed > 0:
+            read = int(length * max(1.0, self.augment.speed[1])) + 1
         mixes: list[Tensor] = []
         refs: dict[str, list[Tensor]] = {s: [] for s in self.stems}
         n = len(self.train_set.songs)
@@ -341,11 +356,16 @@ class SeparateAdapter(AdapterBase):
                 )
                 start = int(
                     torch.randint(
-                        max(1, self.train_set.frames[song] - length), (1,), generator=generator
+                        max(1, self.train_set.frames[song] - read), (1,), generator=generator
                     )
                 )
                 gain = float(torch.empty(1).uniform_(0.5, 1.25, generator=generator))
-                stems[s] = self.train_set.crop(song, s, start, length) * gain
+                x = self.train_set.crop(song, s, start, read) * gain
+                if self.augment is not None:
+                    x = augment_stem(
+                        x, generator, sample_rate=self.sample_rate, config=self.augment
+                    )
+                stems[s] = x[..., :length]
             for s in self.stems:
                 refs[s].append(stems[s])
             mixes.append(torch.stack(list(stems.values())).sum(0))
@@ -487,11 +507,12 @@ class ReconstructAdapter(AdapterBase):
         return max(fs, int(self.recipe.data.clip_seconds * self.sample_rate) // fs * fs)
 
     def prepare(self, model: nn.Module) -> None:
-        """RAE only: load the frozen encoder's weights when ``data.extra.encoder_from`` names a
+        """``init_from`` as every task; then, RAE only: load the frozen encoder's weights when ``data.extra.encoder_from`` names a
         trained embed model (an audio-branch RAE over our own embedder: zoo name, folder or Hub
         repo), then latent normalisation statistics from 32 training crops."""
         from audiotool.models.rae import AudioRAE, compute_latent_stats
 
+        super().prepare(model)
         source = self.recipe.data.extra.get("encoder_from")
         if not isinstance(model, AudioRAE):
             if source:

@@ -14,13 +14,18 @@
 set -euo pipefail
 
 CACHE="${1:-${AUDIOTOOL_DATA_SOURCES:-/work/data_sources}}"
-PACKAGES=(tuxpaint-stamps-default wesnoth-1.16-music hydrogen-drumkits fluid-soundfont-gm)
+PACKAGES=(tuxpaint-stamps-default wesnoth-1.16-music hydrogen-drumkits fluid-soundfont-gm
+  timgm6mb-soundfont csound-soundfont opl3-soundfont avldrums.lv2-soundfont)
 # Debian bookworm versions and .deb SHA-256 sums these datasets were built from
 declare -A SHA256=(
   [tuxpaint-stamps-default_2022.06.04-1_all.deb]=6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34
   [wesnoth-1.16-music_1%3a1.16.9-1_all.deb]=f9bc3cde92b4ab30db5d7b85f89b4bcc3d788dd92602956d0347250850bf59bb
   [hydrogen-drumkits_2017.09.19~dfsg-1_all.deb]=6ea3c6df9a67762e2362f946c695e619859126b19fbccf32a2e8f07dfd03b2f4
   [fluid-soundfont-gm_3.1-5.3_all.deb]=6f531493ac4e4d9772fd96b2488ea1790af81c196135fbdd25997da0781fc60e
+  [timgm6mb-soundfont_1.3-5_all.deb]=034abdfb296d9353433513dad5dbdcab46425ee6008fc02fe7039b46e75edc54
+  [csound-soundfont_1%3a6.18.1+dfsg-1_all.deb]=0d05bec0cff2486f4537dd0236fece99f3565b62959717f82e975be8e0cf1393
+  [opl3-soundfont_1.0-4_all.deb]=d0534cc07a536e1cfa05b1d0c0befb8586840c8d0e163ef24c536ca1bb5c9aff
+  [avldrums.lv2-soundfont_0.5.2-2_all.deb]=436813f10c950324f28cb6a71e922f153084b6ed00049cd47da3f0f055f3ffc5
 )
 TINYSOUNDFONT="tinysoundfont==0.3.7"
 

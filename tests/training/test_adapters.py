@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,17 @@ def test_upsample_init_from_starts_from_a_trained_model(tmp_path: Path) -> None:
     adapter.prepare(fresh)
     saved = load_file(str(source / "model.safetensors"))
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
+
+def test_card_data_counts_songs_not_stem_files(tmp_path: Path) -> None:
+    from audiotool.training.adapters import _card_data
+
+    files = [
+        {"file": f"{split}/song_{i}/{stem}.wav", "split": split, "duration": 10.0}
+        for split, n in (("train", 2), ("val", 1))
+        for i in range(n)
+        for stem in ("mixture", "vocals", "drums", "bass", "other")
+    ]
+    manifest = {"kind": "separate", "seed": 0, "split_unit": "song seed", "files": files}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    line = _card_data(tmp_path)
+    assert "2 train / 1 val songs, 0.01 h train" in line
