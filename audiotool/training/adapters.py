@@ -507,9 +507,10 @@ class ReconstructAdapter(AdapterBase):
         return max(fs, int(self.recipe.data.clip_seconds * self.sample_rate) // fs * fs)
 
     def prepare(self, model: nn.Module) -> None:
-        """``init_from`` as every task; then, RAE only: load the frozen encoder's weights when ``data.extra.encoder_from`` names a
-        trained embed model (an audio-branch RAE over our own embedder: zoo name, folder or Hub
-        repo), then latent normalisation statistics from 32 training crops."""
+        """``init_from`` as every task; then, RAE only: load the frozen encoder's weights when
+        ``data.extra.encoder_from`` names a trained embed model (an audio-branch RAE over our own
+        embedder: zoo name, folder or Hub repo), then latent normalisation statistics from 32
+        training crops."""
         from audiotool.models.rae import AudioRAE, compute_latent_stats
 
         super().prepare(model)
