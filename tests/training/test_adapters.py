@@ -264,6 +264,7 @@ def test_upsample_init_from_starts_from_a_trained_model(tmp_path: Path) -> None:
     saved = load_file(str(source / "model.safetensors"))
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
 
+
 def test_card_data_counts_songs_not_stem_files(tmp_path: Path) -> None:
     from audiotool.training.adapters import _card_data
 
