@@ -313,6 +313,7 @@ class AudioSink:
 
         from audiotool.audio import _SUBTYPES, CLIP_MODES, check_output_format
         from audiotool.errors import UsageError
+        from audiotool.paths import side_file
 
         if clip not in CLIP_MODES:
             raise UsageError(f"--clip must be one of {list(CLIP_MODES)}, got {clip!r}")
@@ -324,7 +325,7 @@ class AudioSink:
         self._side: Path | None = None
         try:
             if clip == "rescale":
-                self._side = self.path.with_name(f".{self.path.name}.f32.tmp")
+                self._side = side_file(self.path, ".f32.tmp")
                 self._fh = sf.SoundFile(
                     str(self._side), "w", self.sample_rate, self.channels, "FLOAT", format="RF64"
                 )

@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from audiotool.tasks._batch import (
     Produced,
     RuntimeOptions,
     ScaleOptions,
+    Streaming,
     WorkItem,
     audio_extension,
     output_planner,
@@ -66,6 +67,7 @@ from audiotool.tasks.common import (
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
     from audiotool.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+    from audiotool.stream import AudioSource
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,6 @@ def upsample_tensor(
     )
     from audiotool.engine.chunking import plan_spans
     from audiotool.engine.diffusion import sample_chunked
-    from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
     progress = progress or NullProgress()
     rate = config.sample_rate
@@ -210,24 +211,9 @@ def upsample_tensor(
         y = resample(x, rate, options.output_rate)[inverse]
         return UpsampleResult(fit_length(y.cpu(), out_len), cutoff, 0, generated=False)
 
-    sampler = options.sampler or config.default_sampler
-    steps = options.steps or config.default_steps
-    guidance = config.default_guidance if options.guidance is None else options.guidance
-    eta = config.default_eta if options.eta is None else options.eta
-    if sampler != "ddim":
-        if options.eta:
-            raise UsageError(f"--eta applies to the ddim sampler only, not {sampler!r}")
-        eta = 0.0  # the ODE solvers are deterministic
-    acp = cosine_alphas_cumprod(config.num_train_steps, config.cosine_s, dtype=torch.float64)
-    timesteps = sampler_timesteps(sampler, steps, acp, spacing=options.spacing)
-    chunk_s = options.chunk_seconds or config.chunk_seconds
-    overlap_s = (
-        config.overlap_seconds if options.overlap_seconds is None else (options.overlap_seconds)
-    )
-    if overlap_s >= chunk_s:
-        raise UsageError(
-            f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
-        )
+    plan = sampling_plan(config, options)
+    sampler, steps, guidance, eta = plan.sampler, plan.steps, plan.guidance, plan.eta
+    acp, timesteps, chunk_s, overlap_s = plan.acp, plan.timesteps, plan.chunk_s, plan.overlap_s
     hop = config.hop
     fps = rate // hop
     multiple = model.frame_multiple
@@ -316,6 +302,49 @@ def upsample_tensor(
     return UpsampleResult(
         out[inverse], cutoff, n_chunks * len(unique), generated=True, limit_db=limit_db
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingPlan:
+    """The resolved sampler settings of a run (options, else the model's defaults)."""
+
+    sampler: str
+    steps: int
+    guidance: float
+    eta: float
+    acp: Tensor  # (num_train_steps,) float64 alphas_cumprod
+    timesteps: Tensor
+    chunk_s: float
+    overlap_s: float
+
+
+def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> SamplingPlan:
+    """Resolve ``options`` against ``config`` (the same for in-memory and streamed runs).
+
+    Raises:
+        UsageError: ``--eta`` with an ODE sampler, or an overlap not below the chunk.
+    """
+    from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
+
+    sampler = options.sampler or config.default_sampler
+    steps = options.steps or config.default_steps
+    guidance = config.default_guidance if options.guidance is None else options.guidance
+    eta = config.default_eta if options.eta is None else options.eta
+    if sampler != "ddim":
+        if options.eta:
+            raise UsageError(f"--eta applies to the ddim sampler only, not {sampler!r}")
+        eta = 0.0  # the ODE solvers are deterministic
+    acp = cosine_alphas_cumprod(config.num_train_steps, config.cosine_s, dtype=torch.float64)
+    timesteps = sampler_timesteps(sampler, steps, acp, spacing=options.spacing)
+    chunk_s = options.chunk_seconds or config.chunk_seconds
+    overlap_s = (
+        config.overlap_seconds if options.overlap_seconds is None else options.overlap_seconds
+    )
+    if overlap_s >= chunk_s:
+        raise UsageError(
+            f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
+        )
+    return SamplingPlan(sampler, steps, guidance, eta, acp, timesteps, chunk_s, overlap_s)
 
 
 def _unique_channels(audio: Tensor) -> tuple[list[int], list[int]]:
@@ -424,7 +453,30 @@ def start_upsampler(
         }
         return Produced({"audio": result.audio}, options.output_rate, details=details)
 
-    return process
+    def stream(item: WorkItem, source: AudioSource) -> Produced:
+        from audiotool.tasks.upsample_stream import stream_upsample
+
+        produced = Produced(sample_rate=options.output_rate)
+
+        def write(tmps: Mapping[str, Path], output: OutputOptions) -> None:
+            produced.details.update(
+                stream_upsample(
+                    net,
+                    config,
+                    source,
+                    tmps["audio"],
+                    Path(item.targets["audio"]),
+                    options=options,
+                    runtime=rt,
+                    output=output,
+                    progress=progress,
+                )
+            )
+
+        produced.write = write
+        return produced
+
+    return Streaming(process, stream)
 
 
 def upsample_files(
