@@ -145,7 +145,7 @@ def stream_upsample(
     from audiotool.audio import fit_length
     from audiotool.dsp import estimate_cutoff_from_spectrum
     from audiotool.stream import AudioSink, Resampled, long_term_spectrum, mapped_span
-    from audiotool.tasks.upsample import FULL_BAND_FRACTION
+    from audiotool.tasks._upsample_plan import FULL_BAND_FRACTION
 
     progress = progress or NullProgress()
     sr, length, rate = source.sample_rate, source.frames, config.sample_rate
@@ -237,13 +237,13 @@ def _generate(
     from audiotool.engine.chunking import Span, plan_spans
     from audiotool.engine.diffusion import ChunkSampler
     from audiotool.engine.stitching import BlockCache, LazyStitch
-    from audiotool.tasks.common import chunk_progress
-    from audiotool.tasks.upsample import (
+    from audiotool.tasks._upsample_plan import (
         EDGE_FRAMES,
         MAX_CONTEXT_FRAMES,
-        _StepBar,
+        StepBar,
         sampling_plan,
     )
+    from audiotool.tasks.common import chunk_progress
 
     plan = sampling_plan(config, options)
     rate, hop = config.sample_rate, config.hop
@@ -306,7 +306,7 @@ def _generate(
             parameterization=config.parameterization,
             sampler=plan.sampler,
             time_multiple=model.unet.time_multiple,
-            step_callback=_StepBar(progress, plan.steps),
+            step_callback=StepBar(progress, plan.steps),
         )
         total = len(sampler.spans) * items
         chunks_cb = chunk_progress(progress)

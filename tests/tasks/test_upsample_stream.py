@@ -65,7 +65,8 @@ def test_streamed_upsample_equals_in_memory(
     monkeypatch.setattr(us, "WAVE_BLOCK", 1 << 15)
     monkeypatch.setattr(us, "MEL_BLOCK", 96)
     monkeypatch.setattr(us, "STAT_FRAMES", 40)
-    monkeypatch.setattr("audiotool.tasks.upsample.MAX_CONTEXT_FRAMES", 250)  # pooled context
+    for where in ("upsample", "_upsample_plan"):  # a pooled global context
+        monkeypatch.setattr(f"audiotool.tasks.{where}.MAX_CONTEXT_FRAMES", 250)
     mem = _upsample(src, tmp_path / "mem.wav", extra)
     monkeypatch.setenv("AUDIOTOOL_STREAM_SECONDS", "1")
     st = _upsample(src, tmp_path / "st.wav", extra)
