@@ -43,7 +43,8 @@ def _voice(path: Path, seconds: float, rate: int, gains: tuple[float, ...]) -> P
 def _upsample(src: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     r = runner.invoke(app, ["upsample", str(src), "-o", str(out), *FAST, *RAW, *extra])
     assert r.exit_code == 0, r.output
-    details: dict[str, Any] = json.loads(r.output)["files"][0]["details"]
+    report = r.output[r.output.index("{") :]  # after a warning on stderr, if any
+    details: dict[str, Any] = json.loads(report)["files"][0]["details"]
     return details
 
 
@@ -175,3 +176,24 @@ def test_block_cache_computes_each_block_once() -> None:
         assert torch.equal(cache(lo, lo + 5), x[:, lo : lo + 5] * 2)
     assert torch.equal(cache(90, 100), x[:, 90:] * 2)
     assert blocks == [(k, min(k + 16, 100)) for k in range(0, 100, 16)]
+
+
+@pytest.mark.parametrize("extra", [[], ["--sr", "44100", "--cutoff", "3000"]])
+def test_streamed_upsample_resampling_only_and_output_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    """A full-band 48 kHz input has nothing to generate (resampled only); ``--sr`` and
+    ``--cutoff`` take the same paths streamed and in memory."""
+    rng = np.random.default_rng(1)
+    src = tmp_path / "full.wav"
+    sf.write(str(src), (0.1 * rng.standard_normal((4 * 48000, 2))).astype(np.float32), 48000)
+    monkeypatch.setattr(us, "WAVE_BLOCK", 1 << 15)
+    mem = _upsample(src, tmp_path / "mem.wav", extra)
+    monkeypatch.setenv("AUDIOTOOL_STREAM_SECONDS", "1")
+    st = _upsample(src, tmp_path / "st.wav", extra)
+    assert st.pop("streamed") is True and st == mem
+    assert mem["generated"] is bool(extra)
+    a, ra = sf.read(str(tmp_path / "mem.wav"), dtype="float32")
+    b, rb = sf.read(str(tmp_path / "st.wav"), dtype="float32")
+    assert ra == rb and a.shape == b.shape == (4 * ra, 2)
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
