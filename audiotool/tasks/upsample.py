@@ -25,6 +25,9 @@ Per file (``shared/reference/audiosr.md`` "Pre-/Post-processing", with the fixes
 Identical channels are processed once (dual-mono in, dual-mono out), and every chunk's noise
 depends on the seed and the chunk's position only, so the output does not depend on the batch
 size or on which channel a chunk belongs to.
+
+Inputs longer than :func:`~audiotool.tasks._items.stream_seconds` take the streamed path of
+:mod:`audiotool.tasks.upsample_stream` (the same output, memory bounded by the chunk).
 """
 
 from __future__ import annotations
