@@ -143,7 +143,7 @@ class Windowed:
         self._start = self._end = self._done = 0
 
     def push(self, blocks: Blocks) -> Blocks:
-        """Append ``blocks``; returns the finished outputs (possibly empty)."""
+        """Append ``blocks``; returns the finished outputs (``{}`` when none is finished)."""
         with torch.inference_mode():
             n = int(next(iter(blocks.values())).shape[-1])
             self._buf = (
@@ -157,7 +157,7 @@ class Windowed:
             else:
                 ready = (self._end - self.margin) // self.align * self.align
             if ready <= self._done:
-                return {k: v[..., :0] for k, v in blocks.items()}
+                return {}
             w0 = max(self._start, self._done - self.margin)
             window = {k: v[..., w0 - self._start :] for k, v in self._buf.items()}
             out = self.fn(window)

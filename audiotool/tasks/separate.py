@@ -914,9 +914,9 @@ def _ensemble_blocks(
     for parts in parts_in_step:
         merged = {f"{i}:{s}": p[s] for i, p in enumerate(parts) for s in config.stems}
         out = windows.push(merged)
-        n = int(out[config.stems[0]].shape[-1])
-        if not n:
+        if not out:
             continue
+        n = int(out[config.stems[0]].shape[-1])
         if options.mixture_consistent:
             mix = source.read(at, at + n)
             excess = (mix - sum(out.values())) / len(out)
