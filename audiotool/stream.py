@@ -164,6 +164,23 @@ def tensor_span(audio: Tensor) -> Span:
     return read
 
 
+def zero_outside(read: Span, length: int) -> Span:
+    """``read`` with zeros outside ``[0, length)``: the padding of a whole signal, where a
+    :class:`Resampled` view would give its kernel's tails."""
+
+    def bounded(lo: int, hi: int) -> Tensor:
+        x = read(lo, hi)
+        if lo >= 0 and hi <= length:
+            return x
+        out = torch.zeros_like(x)
+        a, b = max(lo, 0), min(hi, length)
+        if a < b:
+            out[:, a - lo : b - lo] = x[:, a - lo : b - lo]
+        return out
+
+    return bounded
+
+
 def mapped_span(read: Span, fn: Callable[[Tensor], Tensor]) -> Span:
     """A :data:`Span` applying a per-sample ``fn`` (e.g. a channel policy) to ``read``'s."""
     return lambda lo, hi: fn(read(lo, hi))

@@ -942,6 +942,7 @@ def _model_stems(
     and summed in the same order."""
     from audiotool.engine.lockstep import lockstep, pulled
     from audiotool.engine.overlap_add import OverlapAddProcessor, _as_dict
+    from audiotool.stream import zero_outside
 
     rate, length = int(config.sample_rate), mix.length
     model_channels = int(getattr(config, "audio_channels", 2))
@@ -968,9 +969,11 @@ def _model_stems(
         for _ in range(options.shifts)
     ]
 
+    signal = zero_outside(mix, length)
+
     def run(offset: int) -> Callable[[Callable[[dict[str, Tensor]], None]], None]:
         def read(lo: int, hi: int) -> Tensor:
-            return _signal_only(mix, length, lo - offset, hi - offset)  # zeros: the shift's lead
+            return signal(lo - offset, hi - offset)  # zeros: the shift's lead
 
         report = progress.part()
 
@@ -1029,19 +1032,6 @@ def _model_stems(
     finally:
         for it in streams:
             it.close()
-
-
-def _signal_only(mix: Resampled, length: int, lo: int, hi: int) -> Tensor:
-    """``mix(lo, hi)`` with zeros outside ``[0, length)``: what padding the resampled signal
-    gives (the resampler's own values there are its kernel's tails)."""
-    x = mix(lo, hi)
-    if lo >= 0 and hi <= length:
-        return x
-    out = torch.zeros_like(x)
-    a, b = max(lo, 0), min(hi, length)
-    if a < b:
-        out[:, a - lo : b - lo] = x[:, a - lo : b - lo]
-    return out
 
 
 def _demucs_stems(

@@ -144,7 +144,13 @@ def stream_upsample(
     """
     from audiotool.audio import fit_length
     from audiotool.dsp import estimate_cutoff_from_spectrum
-    from audiotool.stream import AudioSink, Resampled, long_term_spectrum, mapped_span
+    from audiotool.stream import (
+        AudioSink,
+        Resampled,
+        long_term_spectrum,
+        mapped_span,
+        zero_outside,
+    )
     from audiotool.tasks._upsample_plan import FULL_BAND_FRACTION
 
     progress = progress or NullProgress()
@@ -183,7 +189,7 @@ def stream_upsample(
             log.warning(
                 "content already reaches %.0f Hz: nothing to generate, resampling only", cutoff
             )
-            out = Resampled(x48, x48.length, rate, out_rate)
+            out = Resampled(zero_outside(x48, x48.length), x48.length, rate, out_rate)
             for lo in range(0, out_len, WAVE_BLOCK):
                 hi = min(out_len, lo + WAVE_BLOCK)
                 block = out(lo, min(hi, out.length)) if lo < out.length else None
