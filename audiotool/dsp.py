@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
@@ -324,6 +325,7 @@ def split_bands(
     hop: int = 512,
     match_energy: bool = True,
     bound_level: bool = True,
+    stats: BandStats | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The kept band of ``reference`` and the generated band of ``generated``, ``(C, T)`` each.
 
@@ -337,6 +339,10 @@ def split_bands(
     (when ``bound_level``) is the per-frame ceiling of :func:`predicted_band_power`: the
     generated band is never louder than what the reference's own top octave predicts. The kept
     part equals the reference below the transition band up to STFT round-off.
+
+    ``g`` and the slope of ``b`` are whole-signal statistics; ``stats`` gives them for a window
+    of a longer signal (:func:`band_stats`; the result is then exact except within
+    ``n_fft / 2 + hop`` samples of the window's edges, unless they are the signal's).
     """
     ref = _as_2d(reference).float()
     gen = _as_2d(generated).float().to(ref.device)
@@ -355,7 +361,9 @@ def split_bands(
     r_spec, g_spec = stft(ref), stft(gen)
     freqs = torch.arange(r_spec.shape[-2], device=ref.device) * sample_rate / n_fft
     mask = _crossfade_mask(freqs, cutoff_hz, transition_hz)[:, None]
-    if match_energy:
+    if match_energy and stats is not None:
+        g_spec = g_spec * stats.gain.to(g_spec.device)[:, None, None]
+    elif match_energy:
         band = (freqs >= cutoff_hz - transition_hz) & (freqs < cutoff_hz)
         if bool(band.any()):
             num = r_spec[:, band].abs().sum(dim=(1, 2))
@@ -364,7 +372,10 @@ def split_bands(
             g_spec = g_spec * gain
     g_spec = (1 - mask) * g_spec
     if bound_level:
-        allowed = predicted_band_power(r_spec, freqs, cutoff_hz - transition_hz)  # (C, K, N)
+        long_term = stats.long_term if stats is not None else None
+        allowed = predicted_band_power(
+            r_spec, freqs, cutoff_hz - transition_hz, long_term=long_term
+        )  # (C, K, N)
         weight = (1 - mask).pow(2)
         have = g_spec.abs().pow(2).sum(dim=1)  # (C, N)
         want = (allowed * weight).sum(dim=1)
@@ -373,8 +384,37 @@ def split_bands(
     return istft(mask * r_spec), istft(g_spec)
 
 
+@dataclasses.dataclass(frozen=True)
+class BandStats:
+    """The whole-signal statistics of :func:`split_bands`, for a signal split window by window.
+
+    Attributes:
+        gain: ``(C,)`` the generated band's level match ``g`` (1 without ``match_energy``).
+        long_term: ``(C, K)`` mean power per STFT bin of the reference over all frames.
+    """
+
+    gain: Tensor
+    long_term: Tensor
+
+
+def band_stats(
+    ref_band_sum: Tensor, gen_band_sum: Tensor, ref_power_sum: Tensor, frames: int
+) -> BandStats:
+    """:class:`BandStats` from sums over all STFT frames (``n_fft`` / ``hop`` of
+    :func:`split_bands`, centred, reflect-padded): of the reference's and the generated
+    signal's magnitudes over the transition band ``(C,)`` each, and of the reference's power
+    per bin ``(C, K)``."""
+    gain = (ref_band_sum / gen_band_sum.clamp(min=1e-12)).clamp(0.25, 4.0).float()
+    return BandStats(gain=gain, long_term=ref_power_sum.double() / max(1, frames))
+
+
 def predicted_band_power(
-    spec: Tensor, freqs: Tensor, top_hz: float, *, max_slope_db: float = 0.0
+    spec: Tensor,
+    freqs: Tensor,
+    top_hz: float,
+    *,
+    max_slope_db: float = 0.0,
+    long_term: Tensor | None = None,
 ) -> Tensor:
     """Per-frame power the content above ``top_hz`` may have, extrapolated from the octave below.
 
@@ -384,7 +424,8 @@ def predicted_band_power(
     slope (dB / octave) is fitted to the long-term spectrum of the whole top octave
     ``[top / 2, top)`` per channel and clamped to at most ``max_slope_db`` (a spectrum that rises
     towards the cutoff is extrapolated flat). Returns ``(C, K, N)`` power per bin (0 below
-    ``top_hz``).
+    ``top_hz``). ``long_term`` ``(C, K)``: the mean power per bin over all frames of a longer
+    signal ``spec`` is a window of (default: ``spec``'s own).
     """
     power = spec.abs().pow(2).double()  # (C, K, N)
     octave = (freqs >= top_hz / 2) & (freqs < top_hz) & (freqs > 0)
@@ -394,7 +435,8 @@ def predicted_band_power(
     level = power[:, half].mean(dim=1)  # (C, N)
     level = torch.nn.functional.max_pool1d(level[:, None], 3, stride=1, padding=1)[:, 0]
     x = torch.log2(freqs[octave].double())
-    y = 10 * torch.log10(power[:, octave].mean(dim=2) + 1e-30)  # (C, K_oct)
+    mean = power[:, octave].mean(dim=2) if long_term is None else long_term[:, octave].double()
+    y = 10 * torch.log10(mean.to(power.device) + 1e-30)  # (C, K_oct)
     xc = x - x.mean()
     slope = ((y - y.mean(dim=1, keepdim=True)) * xc).sum(dim=1) / xc.pow(2).sum()  # dB / oct
     slope = slope.clamp(max=max_slope_db)

@@ -493,18 +493,37 @@ def temporary_pattern(target: Path) -> str:
     return f".{glob.escape(target.stem)}.{_TMP_RANDOM}.tmp{glob.escape(target.suffix)}"
 
 
+#: suffixes of the side files a streamed writer keeps beside an output's temporary file
+#: (:func:`side_file`): the float32 copy of ``--clip rescale`` and upsample's 48 kHz wave
+SIDE_SUFFIXES = (".f32.tmp", ".wave.f32.tmp")
+
+
+def side_file(tmp: Path, suffix: str) -> Path:
+    """The side file ``.{tmp.name}{suffix}`` of a temporary file (``suffix`` one of
+    :data:`SIDE_SUFFIXES`, so that :func:`remove_stale_temporaries` knows it)."""
+    if suffix not in SIDE_SUFFIXES:
+        raise ValueError(f"unknown side file suffix {suffix!r}")
+    return tmp.with_name(f".{tmp.name}{suffix}")
+
+
 def remove_stale_temporaries(target: Path) -> int:
-    """Delete temporaries of ``target`` left by a killed run; returns how many were removed.
+    """Delete temporaries of ``target`` left by a killed run, and their side files
+    (:func:`side_file`); returns how many were removed.
 
     Only call this for an output no other live process is writing (e.g. an input this
     process owns under ``--resume``).
     """
+    import glob
+
     removed = 0
     if target.parent.is_dir():
-        for tmp in target.parent.glob(temporary_pattern(target)):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed += 1
+        base = temporary_pattern(target)
+        patterns = [base] + [f".{base}{glob.escape(sfx)}" for sfx in SIDE_SUFFIXES]
+        for pattern in patterns:
+            for tmp in target.parent.glob(pattern):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed += 1
     return removed
 
 

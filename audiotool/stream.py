@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +75,7 @@ class AudioSource:
             raise AudioReadError(f"{path}: empty file (0 bytes)", hint="re-export or re-copy it")
         try:
             self._fh = sf.SoundFile(str(path))
+            self._lock = threading.Lock()
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
             detail = str(exc).split(":")[-1].strip() or type(exc).__name__
             raise AudioReadError(
@@ -125,8 +127,9 @@ class AudioSource:
         a, b = max(lo, 0), min(hi, self.frames)
         if a >= b:
             return out
-        self._fh.seek(a)
-        data = self._fh.read(b - a, dtype="float32", always_2d=True)
+        with self._lock:  # one handle, read by the passes that run side by side (lockstep)
+            self._fh.seek(a)
+            data = self._fh.read(b - a, dtype="float32", always_2d=True)
         if data.shape[0] != b - a:
             raise AudioReadError(
                 f"{self.path}: truncated file (header says {self.frames} frames, "
@@ -162,6 +165,23 @@ def tensor_span(audio: Tensor) -> Span:
         return out
 
     return read
+
+
+def zero_outside(read: Span, length: int) -> Span:
+    """``read`` with zeros outside ``[0, length)``: the padding of a whole signal, where a
+    :class:`Resampled` view would give its kernel's tails."""
+
+    def bounded(lo: int, hi: int) -> Tensor:
+        x = read(lo, hi)
+        if lo >= 0 and hi <= length:
+            return x
+        out = torch.zeros_like(x)
+        a, b = max(lo, 0), min(hi, length)
+        if a < b:
+            out[:, a - lo : b - lo] = x[:, a - lo : b - lo]
+        return out
+
+    return bounded
 
 
 def mapped_span(read: Span, fn: Callable[[Tensor], Tensor]) -> Span:
@@ -313,6 +333,7 @@ class AudioSink:
 
         from audiotool.audio import _SUBTYPES, CLIP_MODES, check_output_format
         from audiotool.errors import UsageError
+        from audiotool.paths import side_file
 
         if clip not in CLIP_MODES:
             raise UsageError(f"--clip must be one of {list(CLIP_MODES)}, got {clip!r}")
@@ -324,7 +345,7 @@ class AudioSink:
         self._side: Path | None = None
         try:
             if clip == "rescale":
-                self._side = self.path.with_name(f".{self.path.name}.f32.tmp")
+                self._side = side_file(self.path, ".f32.tmp")
                 self._fh = sf.SoundFile(
                     str(self._side), "w", self.sample_rate, self.channels, "FLOAT", format="RF64"
                 )

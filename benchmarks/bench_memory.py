@@ -6,6 +6,11 @@ command in a fresh subprocess; the peak RSS is that process's ``ru_maxrss`` (rea
 intermediate process, so each run is measured alone).
 
     PYTHONPATH=. python benchmarks/bench_memory.py --short 3 --long 180 --commands info separate
+
+``--budget-s`` keeps a slow command within a time budget: the short file runs first, and when
+its throughput says the long file would take longer than the budget, the long file of that
+command is the longest of ``--fallback`` minutes that fits (the table says which was used).
+``--long-for CMD=MIN`` sets one command's long duration directly.
 """
 
 from __future__ import annotations
@@ -60,28 +65,43 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=180.0, help="minutes")
     ap.add_argument("--rate", type=int, default=8000)
     ap.add_argument("--commands", nargs="+", default=list(COMMANDS), choices=list(COMMANDS))
+    ap.add_argument("--budget-s", type=float, default=None, help="time budget per long run")
+    ap.add_argument("--fallback", type=float, nargs="+", default=[30.0, 12.0], help="minutes")
+    ap.add_argument("--long-for", nargs="*", default=[], help="CMD=MINUTES overrides")
     args = ap.parse_args()
+    fixed = {k: float(v) for k, v in (item.split("=") for item in args.long_for)}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {}
-        for label, minutes in (("short", args.short), ("long", args.long)):
-            files[label] = Path(tmp) / f"{label}.wav"
-            write_dither(files[label], minutes, args.rate)
-        print(f"| command | {args.short:g} min RSS (MiB) | {args.long:g} min RSS (MiB) | ratio |")
+        files: dict[float, Path] = {}
+
+        def audio(minutes: float) -> Path:
+            if minutes not in files:  # written once, in blocks
+                files[minutes] = Path(tmp) / f"{minutes:g}min.wav"
+                write_dither(files[minutes], minutes, args.rate)
+            return files[minutes]
+
+        def measure(cmd: str, minutes: float) -> tuple[int, float, float]:
+            argv = [sys.executable, "-m", "audiotool"] + [
+                a.format(input=audio(minutes), out=Path(tmp) / f"{cmd}-{minutes:g}")
+                for a in COMMANDS[cmd]
+            ]
+            return peak_rss(argv)
+
+        print(f"| command | {args.short:g} min RSS (MiB) | long RSS (MiB) | ratio |")
         print("|---|---|---|---|")
         for cmd in args.commands:
-            row = []
-            for label in ("short", "long"):
-                argv = [sys.executable, "-m", "audiotool"] + [
-                    a.format(input=files[label], out=Path(tmp) / f"{cmd}-{label}")
-                    for a in COMMANDS[cmd]
-                ]
-                rc, mib, secs = peak_rss(argv)
-                row.append((rc, mib, secs))
-            (rc_s, m_s, t_s), (rc_l, m_l, t_l) = row
+            rc_s, m_s, t_s = measure(cmd, args.short)
+            long = fixed.get(cmd, args.long)
+            if args.budget_s is not None and cmd not in fixed:
+                rate = t_s / args.short  # seconds per minute of audio, start-up included
+                for minutes in [args.long, *args.fallback]:
+                    long = minutes
+                    if rate * minutes <= args.budget_s:
+                        break
+            rc_l, m_l, t_l = measure(cmd, long)
             note = "" if rc_s == rc_l == 0 else f" (exit {rc_s}/{rc_l})"
             print(
-                f"| {cmd}{note} | {m_s:.0f} ({t_s:.0f} s) | {m_l:.0f} ({t_l:.0f} s) "
-                f"| {m_l / m_s:.2f} |",
+                f"| {cmd}{note} | {m_s:.0f} ({t_s:.0f} s) | {m_l:.0f} ({t_l:.0f} s), "
+                f"{long:g} min | {m_l / m_s:.2f} |",
                 flush=True,
             )
 

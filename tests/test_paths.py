@@ -315,3 +315,32 @@ def test_replace_atomically_never_changes_the_umask(
     with atomic_output(tmp_path / "y.wav") as tmp:
         tmp.write_bytes(b"y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "y.wav"]
+
+
+def test_stale_side_files_of_streamed_writers_are_removed(tmp_path: Path) -> None:
+    import torch
+
+    from audiotool.paths import SIDE_SUFFIXES, remove_stale_temporaries, side_file
+    from audiotool.stream import AudioSink
+
+    target = tmp_path / "song_upsample.wav"
+    tmp = tmp_path / ".song_upsample.ab12cd34.tmp.wav"  # a killed run's temporary ...
+    tmp.write_bytes(b"")
+    sink = AudioSink(tmp, 8000, 1, clip="rescale", name=target)  # ... and its writer's side file
+    sink.write(torch.zeros(1, 100))
+    wave = side_file(tmp, ".wave.f32.tmp")  # upsample's 48 kHz side file
+    wave.write_bytes(b"partial")
+    ours = [tmp, side_file(tmp, ".f32.tmp"), wave]
+    assert all(p.exists() for p in ours) and len(SIDE_SUFFIXES) == 2
+    others = [
+        tmp_path / "..song_upsample.ab12cd34.tmp.wav.other.tmp",  # not one of our suffixes
+        tmp_path / "..song.ab12cd34.tmp.wav.f32.tmp",  # another target's
+        tmp_path / "..song_upsample.ab12cd3.tmp.wav.f32.tmp",  # not our random part
+        tmp_path / "song_upsample.wav.f32.tmp",  # not hidden
+    ]
+    for p in others:
+        p.write_bytes(b"keep")
+    assert remove_stale_temporaries(target) == 3
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in others)
+    with pytest.raises(ValueError, match="suffix"):
+        side_file(tmp, ".tmp")

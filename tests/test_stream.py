@@ -89,6 +89,8 @@ def _mix(path: Path, seconds: float, rate: int = 8000, channels: int = 2) -> Pat
     ("command", "extra", "outputs"),
     [
         ("separate", ["--stems", "vocals", "--residual"], ["x/vocals.wav", "x/no_vocals.wav"]),
+        # test-time shifts: the passes stream side by side (issue #17)
+        ("separate", ["--stems", "bass", "--shifts", "2", "--mixture-consistent"], ["x/bass.wav"]),
         ("reconstruct", [], ["x_reconstruct.wav"]),
     ],
 )

@@ -20,7 +20,7 @@ phase retrieval; see :class:`audiotool.models.unet.UNetModel`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -84,94 +84,188 @@ def sample_chunked(
             sampler's own arithmetic stays float32 / float64.
         cuda_graphs: replay the denoiser from a CUDA graph
             (:class:`audiotool.engine.cuda_graphs.GraphedDenoiser`; CUDA only). The last
-            mini-batch is then padded (its last span repeated) to the size of the one before, so
-            one capture serves the whole call.
+            mini-batch of a call is then padded (its last span repeated) to the size of the one
+            before, so one capture serves the whole call.
     """
     if cond_latent.dim() != 4:
         raise EngineError(f"cond_latent must be (B, C, T, F), got {tuple(cond_latent.shape)}")
-    if sampler not in SAMPLER_NAMES:
-        raise EngineError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
-    if sampler != "ddim" and eta > 0:
-        raise EngineError(f"eta > 0 is only supported by the ddim sampler, not {sampler!r}")
-    b_items, c, length, f = cond_latent.shape
-    c_out = out_channels or c
-    ctx = dict(context or {})
-    for k, v in ctx.items():
-        if k == CONCAT or v.shape[0] not in (1, b_items):
-            raise EngineError(f"context '{k}' must have leading dim 1 or {b_items}")
-    spans = plan_spans(length, chunk, min(overlap, chunk - 1))
-    work: list[tuple[int, Span]] = [(b, s) for b in range(b_items) for s in spans]
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    span_seeds = torch.randint(0, 2**62, (len(spans),), generator=gen).tolist()
-    seeds = [span_seeds[i % len(spans)] for i in range(len(work))]
-    pad_to = spans[0].length
-    if pad_to < chunk and pad_to % time_multiple:
-        pad_to += time_multiple - pad_to % time_multiple
-    results: list[Tensor | None] = [None] * len(work)
-    model = denoiser_for(
-        denoiser, cond_latent.device, dtype=autocast_dtype, cuda_graphs=cuda_graphs
+    b_items, _, length, _ = cond_latent.shape
+    chunks = ChunkSampler(
+        denoiser,
+        b_items,
+        length,
+        chunk=chunk,
+        overlap=overlap,
+        timesteps=timesteps,
+        alphas_cumprod=alphas_cumprod,
+        out_channels=out_channels or int(cond_latent.shape[1]),
+        context=context,
+        uncond_latent=uncond_latent,
+        guidance=guidance,
+        eta=eta,
+        generator=generator,
+        batch_size=batch_size,
+        parameterization=parameterization,
+        time_multiple=time_multiple,
+        final_alpha=final_alpha,
+        sampler=sampler,
+        step_callback=step_callback,
+        autocast_dtype=autocast_dtype,
+        cuda_graphs=cuda_graphs,
+        device=cond_latent.device,
     )
-    previous: list[tuple[int, int]] = []  # (start, size) of the calls so far
-
-    def run(start: int, stop: int) -> Tensor:
-        size = stop - start
-        if cuda_graphs and stop == len(work) and previous and previous[-1][0] != start:
-            size = max(size, previous[-1][1])  # static shape; not when retrying after an OOM
-        previous.append((start, size))
-        index = list(range(start, stop)) + [stop - 1] * (size - (stop - start))
-        items = [work[i] for i in index]
-        concat = torch.stack([_span(cond_latent[b], s, pad_to) for b, s in items])
-        gens = [torch.Generator().manual_seed(int(seeds[i])) for i in index]
-        x = torch.stack([torch.randn(c_out, pad_to, f, generator=g) for g in gens]).to(
-            cond_latent.device
-        )
-        cond = {CONCAT: concat}
-        for k, v in ctx.items():
-            idx = torch.tensor([b if v.shape[0] > 1 else 0 for b, _ in items], device=v.device)
-            cond[k] = v.index_select(0, idx)
-        uncond = None
-        if uncond_latent is not None and guidance != 1.0:
-            u = (
-                torch.full_like(concat, float(uncond_latent))
-                if not isinstance(uncond_latent, Tensor)
-                else uncond_latent.to(concat).expand_as(concat)
-            )
-            uncond = {CONCAT: u, **{k: v for k, v in cond.items() if k != CONCAT}}
-        cb = (lambda i, n, _x: step_callback(i, n)) if step_callback else None
-        out = sample(
-            sampler,
-            model,
-            x,
-            timesteps,
-            alphas_cumprod,
-            cond=cond,
-            uncond=uncond,
-            guidance=guidance,
-            eta=eta,
-            parameterization=parameterization,
-            generator=gens,
-            final_alpha=final_alpha,
-            callback=cb,
-        )
-        return out[: stop - start]
-
-    def done(start: int, stop: int, out: Tensor) -> None:
-        for j, i in enumerate(range(start, stop)):
-            results[i] = out[j, :, : work[i][1].length]
-
-    map_batches(run, len(work), batch_size, on_done=done, progress=chunk_callback, what="chunks")
-    per_item = []
-    for b in range(b_items):
-        chunks = [results[i] for i, (bb, _) in enumerate(work) if bb == b]
-        per_item.append(
-            crossfade_stitch([y for y in chunks if y is not None], spans, length, dim=1)
-        )
+    spans = chunks.spans
+    outs = chunks.sample(
+        range(len(spans)), lambda s: cond_latent[:, :, s.start : s.end], progress=chunk_callback
+    )
+    per_item = [
+        crossfade_stitch([y[b] for y in outs], spans, length, dim=1) for b in range(b_items)
+    ]
     return torch.stack(per_item)
 
 
-def _span(latent: Tensor, span: Span, pad_to: int) -> Tensor:
-    """``latent`` ``(C, T, F)`` cut to ``span`` and replicate-padded to ``pad_to`` frames."""
-    piece = latent[:, span.start : span.end]
+class ChunkSampler:
+    """The chunked sampling of :func:`sample_chunked`, span by span: the plan (spans, each
+    span position's seed, padding) is made up front from the whole length, and any group of
+    spans can then be sampled on its own — the same noise and the same results as in one
+    :func:`sample_chunked` call (given a batch-invariant denoiser), so a long file can be
+    sampled a few spans at a time with :class:`audiotool.engine.stitching.LazyStitch`.
+
+    Args: as :func:`sample_chunked`, with ``items`` (``B``) and ``length`` (``T``) of the
+    conditioning latent instead of the latent itself, ``out_channels`` required, and the
+    ``device`` the denoiser runs on (for ``cuda_graphs`` / ``autocast_dtype``).
+
+    Attributes:
+        spans: the planned spans along ``T``.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        items: int,
+        length: int,
+        *,
+        chunk: int,
+        overlap: int,
+        timesteps: Tensor,
+        alphas_cumprod: Tensor,
+        out_channels: int,
+        context: Mapping[str, Tensor] | None = None,
+        uncond_latent: Tensor | float | None = None,
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        batch_size: int = 1,
+        parameterization: Literal["v", "eps"] = "v",
+        time_multiple: int = 1,
+        final_alpha: float | None = None,
+        sampler: str = "ddim",
+        step_callback: Callable[[int, int], None] | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if sampler not in SAMPLER_NAMES:
+            raise EngineError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
+        if sampler != "ddim" and eta > 0:
+            raise EngineError(f"eta > 0 is only supported by the ddim sampler, not {sampler!r}")
+        self.ctx = dict(context or {})
+        for k, v in self.ctx.items():
+            if k == CONCAT or v.shape[0] not in (1, items):
+                raise EngineError(f"context '{k}' must have leading dim 1 or {items}")
+        self.denoiser = denoiser_for(
+            denoiser, torch.device(device), dtype=autocast_dtype, cuda_graphs=cuda_graphs
+        )
+        self.cuda_graphs = cuda_graphs
+        self.items, self.c_out = int(items), int(out_channels)
+        self.chunk = chunk
+        self.spans = plan_spans(length, chunk, min(overlap, chunk - 1))
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.seeds = torch.randint(0, 2**62, (len(self.spans),), generator=gen).tolist()
+        pad_to = self.spans[0].length
+        if pad_to < chunk and pad_to % time_multiple:
+            pad_to += time_multiple - pad_to % time_multiple
+        self.pad_to = pad_to
+        self.timesteps, self.alphas_cumprod = timesteps, alphas_cumprod
+        self.uncond_latent, self.guidance, self.eta = uncond_latent, guidance, eta
+        self.batch_size, self.parameterization = batch_size, parameterization
+        self.final_alpha, self.sampler, self.step_callback = final_alpha, sampler, step_callback
+
+    def sample(
+        self,
+        indices: Sequence[int],
+        cond_of: Callable[[Span], Tensor],
+        *,
+        progress: ProgressFn | None = None,
+    ) -> list[Tensor]:
+        """Sample the spans ``indices``: ``cond_of(span)`` gives the conditioning latent
+        ``(B, C, span.length, F)`` of a span; returns ``(B, C_out, span.length, F)`` per span.
+        The spans of every item go through the denoiser in mini-batches of ``batch_size``."""
+        order = list(indices)
+        conds = {i: cond_of(self.spans[i]) for i in order}
+        work = [(b, i) for b in range(self.items) for i in order]
+        results: list[Tensor | None] = [None] * len(work)
+        previous: list[tuple[int, int]] = []  # (start, size) of the calls so far
+
+        def run(start: int, stop: int) -> Tensor:
+            size = stop - start
+            if self.cuda_graphs and stop == len(work) and previous and previous[-1][0] != start:
+                size = max(size, previous[-1][1])  # static shape; not when retrying after an OOM
+            previous.append((start, size))
+            todo = [work[i] for i in range(start, stop)] + [work[stop - 1]] * (
+                size - (stop - start)
+            )
+            concat = torch.stack([_pad(conds[i][b], self.pad_to) for b, i in todo])
+            gens = [torch.Generator().manual_seed(int(self.seeds[i])) for _, i in todo]
+            f = int(concat.shape[-1])
+            x = torch.stack(
+                [torch.randn(self.c_out, self.pad_to, f, generator=g) for g in gens]
+            ).to(concat.device)
+            cond = {CONCAT: concat}
+            for k, v in self.ctx.items():
+                idx = torch.tensor([b if v.shape[0] > 1 else 0 for b, _ in todo], device=v.device)
+                cond[k] = v.index_select(0, idx)
+            uncond = None
+            if self.uncond_latent is not None and self.guidance != 1.0:
+                u = (
+                    torch.full_like(concat, float(self.uncond_latent))
+                    if not isinstance(self.uncond_latent, Tensor)
+                    else self.uncond_latent.to(concat).expand_as(concat)
+                )
+                uncond = {CONCAT: u, **{k: v for k, v in cond.items() if k != CONCAT}}
+            step = self.step_callback
+            cb = (lambda i, n, _x: step(i, n)) if step else None
+            out = sample(
+                self.sampler,
+                self.denoiser,
+                x,
+                self.timesteps,
+                self.alphas_cumprod,
+                cond=cond,
+                uncond=uncond,
+                guidance=self.guidance,
+                eta=self.eta,
+                parameterization=self.parameterization,
+                generator=gens,
+                final_alpha=self.final_alpha,
+                callback=cb,
+            )
+            return out[: stop - start]
+
+        def done(start: int, stop: int, out: Tensor) -> None:
+            for j, w in enumerate(range(start, stop)):
+                results[w] = out[j, :, : self.spans[work[w][1]].length]
+
+        map_batches(run, len(work), self.batch_size, on_done=done, progress=progress, what="chunks")
+        per_span = []
+        for k in range(len(order)):
+            ys = [results[b * len(order) + k] for b in range(self.items)]
+            per_span.append(torch.stack([y for y in ys if y is not None]))
+        return per_span
+
+
+def _pad(piece: Tensor, pad_to: int) -> Tensor:
+    """A span's latent ``(C, T_span, F)`` replicate-padded to ``pad_to`` frames."""
     if piece.shape[1] < pad_to:
         piece = F.pad(piece.permute(0, 2, 1), (0, pad_to - piece.shape[1]), mode="replicate")
         piece = piece.permute(0, 2, 1)

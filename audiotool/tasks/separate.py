@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,9 +48,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from audiotool.audio import AudioData
+    from audiotool.engine.lockstep import Windowed
     from audiotool.engine.overlap_add import OverlapAddJob
     from audiotool.hub import LoadedModel
-    from audiotool.stream import AudioSource
+    from audiotool.stream import AudioSource, Resampled
 
 log = logging.getLogger(__name__)
 
@@ -402,22 +404,13 @@ def _channel_groups(x: Tensor, model_channels: int) -> list[Tensor]:
     return [x[c : c + 1].expand(model_channels, -1) for c in range(x.shape[0])]
 
 
-def _separate_demucs(
-    model: nn.Module,
-    config: Any,
-    audio: Tensor,
-    sample_rate: int,
-    *,
-    options: SeparateOptions,
-    runtime: Runtime,
-    progress: Progress | None = None,
-) -> dict[str, Tensor]:
-    """:func:`separate_tensor` for demucs-scheme models: the mixture is standardised by the
-    mean/std of its channel mean (demucs' ``Separator``), cut by
-    :class:`~audiotool.engine.segments.DemucsPlan`, and de-standardised."""
-    from audiotool.audio import finish, resample
-    from audiotool.engine.segments import DemucsPlan, run_segments
+def _demucs_segment(config: Any, options: SeparateOptions) -> tuple[float, int, int | None]:
+    """(overlap, segment samples, segment cap) of a demucs-scheme run.
 
+    Raises:
+        UsageError: ``--hop-seconds``, an overlap outside [0, 1), or a chunk the model
+            cannot take.
+    """
     rate = int(config.sample_rate)
     if options.hop_seconds is not None:
         raise UsageError(f"--hop-seconds does not apply to {config.family} models; use --overlap")
@@ -437,6 +430,27 @@ def _separate_demucs(
                 f"{options.chunk_seconds}"
             )
         segment = wanted
+    return overlap, segment, cap
+
+
+def _separate_demucs(
+    model: nn.Module,
+    config: Any,
+    audio: Tensor,
+    sample_rate: int,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: Progress | None = None,
+) -> dict[str, Tensor]:
+    """:func:`separate_tensor` for demucs-scheme models: the mixture is standardised by the
+    mean/std of its channel mean (demucs' ``Separator``), cut by
+    :class:`~audiotool.engine.segments.DemucsPlan`, and de-standardised."""
+    from audiotool.audio import finish, resample
+    from audiotool.engine.segments import DemucsPlan, run_segments
+
+    rate = int(config.sample_rate)
+    overlap, segment, cap = _demucs_segment(config, options)
     c_in, length = int(audio.shape[0]), int(audio.shape[-1])
     x = resample(audio, sample_rate, rate, device=runtime.device)
     max_shift = int(0.5 * rate)
@@ -821,12 +835,10 @@ def start_separator(
 
 def streamable(config: Any, options: SeparateOptions) -> bool:
     """Whether long files of ``config``'s model separate in a stream (:func:`stream_separation`):
-    audiotool's overlap-add and the RoFormer scheme without ``--shifts``. Ensembles, the demucs
-    scheme (normalised by the whole file's mean and deviation), shifts and mixture queries (a
-    whole-file embedding) read the whole file."""
-    if isinstance(config, EnsembleConfig) or demucs_scheme(config):
-        return False
-    return options.shifts == 0
+    every scheme (overlap-add, RoFormer, demucs), with ``--shifts``, and ensembles of them.
+    Only models whose query is the whole mixture's embedding read the whole file (the caller
+    checks that)."""
+    return True
 
 
 def stream_separation(
@@ -844,27 +856,214 @@ def stream_separation(
 ) -> None:
     """:func:`separate_tensor` of a file read in blocks, the stems written as they are finished.
 
-    The mixture is resampled to the model rate per chunk (:class:`audiotool.stream.Resampled`),
-    chunks go through the model (every input channel separately when the counts differ, as in
-    :func:`separate_tensor`), finished regions are made mixture-consistent if asked, resampled
-    back (:class:`audiotool.stream.StreamResampler`), the residual taken, and the blocks
-    written (:class:`audiotool.stream.AudioSink`). Equal to the in-memory path to float
-    precision; memory bounded by the chunk.
+    The stems arrive at the file's rate from :func:`_file_stems` (every scheme, shifts,
+    ensembles), the residual is taken against the input's block, and the blocks are written
+    (:class:`audiotool.stream.AudioSink`). Equal to the in-memory path to float precision;
+    memory bounded by the chunk (times the passes combined: shifts, channel groups, members).
 
     Args:
         source: the input.
         outputs: ``{name: (temporary path, final path)}`` for the chosen stems (+ residual).
         chosen: the stems written.
     """
-    from audiotool.engine.overlap_add import OverlapAddProcessor, _as_dict
-    from audiotool.stream import AudioSink, Resampled, StreamResampler
+    from audiotool.stream import AudioSink
 
-    rate, sr, length = int(config.sample_rate), source.sample_rate, source.frames
-    model_channels = int(getattr(config, "audio_channels", 2))
-    c_in = source.channels
+    length, sr = source.frames, source.sample_rate
+    sinks = {
+        n: AudioSink(
+            tmp,
+            sr,
+            source.channels,
+            bit_depth=output.bit_depth,
+            clip=output.clip,
+            fmt=output.format,
+            name=final,
+        )
+        for n, (tmp, final) in outputs.items()
+    }
+    at = 0
+    try:
+        blocks = _file_stems(
+            model,
+            config,
+            source,
+            options=options,
+            runtime=runtime,
+            progress=_ProgressSum(chunk_progress(progress)),
+            model_kwargs=model_kwargs,
+        )
+        for block in blocks:
+            ready = {s: block[s].float().cpu() for s in chosen}
+            hi = at + int(ready[chosen[0]].shape[-1])
+            if options.residual:
+                ready[residual_name(chosen)] = source.read(at, hi) - sum(ready.values())
+            for name, part in ready.items():
+                sinks[name].write(part)
+            at = hi
+        if at != length:
+            raise AssertionError(f"streamed separation ended at {at} of {length}")
+        for s in sinks.values():
+            s.close()
+    finally:
+        for s in sinks.values():
+            s.discard()
+
+
+class _ProgressSum:
+    """One chunk bar for several engine runs side by side: each run's ``(done, total)``
+    callback (:meth:`part`) adds to the sum."""
+
+    def __init__(self, callback: Callable[[int, int], None]) -> None:
+        self.callback = callback
+        self.parts: dict[int, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+    def part(self) -> Callable[[int, int], None]:
+        key = len(self.parts)
+        self.parts[key] = (0, 0)
+
+        def update(done: int, total: int) -> None:
+            with self.lock:
+                self.parts[key] = (done, total)
+                d = sum(p[0] for p in self.parts.values())
+                t = sum(p[1] for p in self.parts.values())
+                self.callback(d, t)
+
+        return update
+
+
+def _file_stems(
+    model: Any,
+    config: Any,
+    source: AudioSource,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: _ProgressSum,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> Generator[dict[str, Tensor], None, None]:
+    """Every stem of ``config`` at the file's rate, ``{stem: (C, n)}`` blocks in order: for an
+    ensemble the members' stems combined (:func:`combine_stems` in windows, see
+    :class:`~audiotool.engine.lockstep.Windowed`), otherwise :func:`_model_stems` resampled
+    back; made mixture-consistent when asked, as :func:`separate_tensor` does."""
+    from audiotool.stream import Resampled, StreamResampler
+
+    length, sr = source.frames, source.sample_rate
+    if isinstance(config, EnsembleConfig):
+        from audiotool.engine.lockstep import Windowed, lockstep
+
+        members = [
+            _file_stems(
+                m.model,
+                m.config,
+                source,
+                options=dataclasses.replace(options, mixture_consistent=False),
+                runtime=runtime,
+                progress=progress,
+            )
+            for m in config.members
+        ]
+        k = len(members)
+
+        def combine(window: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {
+                s: combine_stems([window[f"{i}:{s}"] for i in range(k)], config.method)
+                for s in config.stems
+            }
+
+        spectral = config.method in ("max_spec", "min_spec")
+        # the STFT of combine_stems: 2048-point frames every 512: 4096 samples of context
+        windows = Windowed(combine, length, 4096 if spectral else 0, align=512 if spectral else 1)
+        try:
+            yield from _ensemble_blocks(lockstep(members), windows, source, config, options)
+        finally:
+            for it in members:
+                it.close()
+        return
+    rate = int(config.sample_rate)
     stems = model_stems(config)
     mix = Resampled(source.read, length, sr, rate)
+    back = {s: StreamResampler(mix.length, rate, sr) for s in stems}
+    at = {"model": 0, "file": 0}
+    for blocks in _model_stems(
+        model,
+        config,
+        mix,
+        options=options,
+        runtime=runtime,
+        progress=progress,
+        model_kwargs=model_kwargs,
+    ):
+        n = int(blocks[stems[0]].shape[-1])
+        if options.mixture_consistent:
+            x = mix(at["model"], at["model"] + n).to(blocks[stems[0]].device)
+            excess = (x - sum(blocks[s] for s in stems)) / len(stems)
+            blocks = {s: blocks[s] + excess for s in stems}
+        at["model"] += n
+        final = at["model"] >= mix.length
+        ready = {s: back[s].push(blocks[s], final=final).float().cpu() for s in stems}
+        lo = at["file"]
+        hi = min(length, lo + int(ready[stems[0]].shape[-1]))
+        at["file"] = hi
+        if hi > lo:
+            yield {s: v[:, : hi - lo] for s, v in ready.items()}
+    if at["file"] < length:  # the model rate rounds the length up: never short, but check
+        raise AssertionError(f"streamed separation ended at {at['file']} of {length}")
+
+
+def _ensemble_blocks(
+    parts_in_step: Iterator[list[dict[str, Tensor]]],
+    windows: Windowed,
+    source: AudioSource,
+    config: EnsembleConfig,
+    options: SeparateOptions,
+) -> Iterator[dict[str, Tensor]]:
+    """The members' stems (side by side) combined in windows, mixture-consistent if asked."""
+    at = 0
+    for parts in parts_in_step:
+        merged = {f"{i}:{s}": p[s] for i, p in enumerate(parts) for s in config.stems}
+        out = windows.push(merged)
+        if not out:
+            continue
+        n = int(out[config.stems[0]].shape[-1])
+        if options.mixture_consistent:
+            mix = source.read(at, at + n)
+            excess = (mix - sum(out.values())) / len(out)
+            out = {s: v + excess for s, v in out.items()}
+        at += n
+        yield out
+
+
+def _model_stems(
+    model: Any,
+    config: Any,
+    mix: Resampled,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: _ProgressSum,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> Generator[dict[str, Tensor], None, None]:
+    """Every stem of one model at the model rate, ``{stem: (C, n)}`` blocks in order, before
+    mixture consistency: the passes of :func:`separate_tensor` (or :func:`_separate_demucs`)
+    — shifted copies, channel groups — streamed side by side
+    (:func:`~audiotool.engine.lockstep.pulled`, :func:`~audiotool.engine.lockstep.lockstep`)
+    and summed in the same order."""
+    from audiotool.engine.lockstep import lockstep, pulled
+    from audiotool.engine.overlap_add import OverlapAddProcessor, _as_dict
+    from audiotool.stream import zero_outside
+
+    rate, length = int(config.sample_rate), mix.length
+    model_channels = int(getattr(config, "audio_channels", 2))
+    c_in = int(mix(0, 1).shape[0])
+    stems = model_stems(config)
     kwargs = dict(model_kwargs or {})
+    gen = torch.Generator().manual_seed(runtime.seed)
+    if demucs_scheme(config):
+        yield from _demucs_stems(
+            model, config, mix, options=options, runtime=runtime, progress=progress
+        )
+        return
 
     def per_channel(batch: Tensor, **kw: Any) -> dict[str, Tensor]:
         outs = [
@@ -874,76 +1073,180 @@ def stream_separation(
         return {s: torch.cat([o[s].mean(1, keepdim=True) for o in outs], 1) for s in stems}
 
     net: Callable[..., Any] = model if c_in == model_channels else per_channel
-    sinks = {
-        n: AudioSink(
-            tmp,
-            sr,
-            c_in,
-            bit_depth=output.bit_depth,
-            clip=output.clip,
-            fmt=output.format,
-            name=final,
-        )
-        for n, (tmp, final) in outputs.items()
-    }
-    back = {s: StreamResampler(mix.length, rate, sr) for s in stems}
-    at = {"model": 0, "file": 0}
+    offsets = [0] + [
+        int(torch.randint(0, int(MAX_SHIFT_SECONDS * rate), (1,), generator=gen))
+        for _ in range(options.shifts)
+    ]
 
-    def sink(blocks: dict[str, Tensor]) -> None:
-        n = int(blocks[stems[0]].shape[-1])
-        if options.mixture_consistent:
-            x = mix(at["model"], at["model"] + n).to(blocks[stems[0]].device)
-            excess = (x - sum(blocks[s] for s in stems)) / len(stems)
-            blocks = {s: blocks[s] + excess for s in stems}
-        at["model"] += n
-        final = at["model"] >= mix.length
-        ready = {s: back[s].push(blocks[s], final=final).float().cpu() for s in chosen}
-        lo = at["file"]
-        hi = min(length, lo + int(ready[chosen[0]].shape[-1]))
-        ready = {s: v[:, : hi - lo] for s, v in ready.items()}
-        if options.residual:
-            ready[residual_name(chosen)] = source.read(lo, hi) - sum(ready.values())
-        for name, block in ready.items():
-            sinks[name].write(block)
-        at["file"] = hi
+    signal = zero_outside(mix, length)
 
-    chunks_cb = chunk_progress(progress)
+    def run(offset: int) -> Callable[[Callable[[dict[str, Tensor]], None]], None]:
+        def read(lo: int, hi: int) -> Tensor:
+            return signal(lo - offset, hi - offset)  # zeros: the shift's lead
+
+        report = progress.part()
+
+        def produce(sink: Callable[[dict[str, Tensor]], None]) -> None:
+            cut = {"at": 0}
+
+            def crop(blocks: dict[str, Tensor]) -> None:  # drop the shift's lead
+                n = int(blocks[stems[0]].shape[-1])
+                a = max(0, offset - cut["at"])
+                cut["at"] += n
+                if a < n:
+                    sink({s: blocks[s][:, a:] for s in stems})
+
+            if getattr(config, "family", "") in SEGMENT_FAMILIES:
+                from audiotool.engine.segments import RoformerPlan, stream_segments
+
+                chunk_n, step_n = segment_chunking(config, options)
+                stream_segments(
+                    net,
+                    read,
+                    RoformerPlan(length + offset, chunk=chunk_n, step=step_n),
+                    crop,
+                    batch_size=runtime.batch_size,
+                    device=runtime.device,
+                    dtype=runtime.dtype,
+                    progress=report,
+                    **kwargs,
+                )
+            else:
+                chunk, hop = chunk_plan(config, options)
+                OverlapAddProcessor(chunk, hop, rate).stream(
+                    net,
+                    read,
+                    length + offset,
+                    crop,
+                    runtime.batch_size,
+                    runtime.device,
+                    dtype=runtime.dtype,
+                    progress=report,
+                    **kwargs,
+                )
+
+        return produce
+
+    streams = [pulled(run(offset)) for offset in offsets]
     try:
-        if getattr(config, "family", "") in SEGMENT_FAMILIES:
-            from audiotool.engine.segments import RoformerPlan, stream_segments
+        for parts in lockstep(streams):
+            with torch.inference_mode():
+                if len(parts) == 1:
+                    yield parts[0]
+                    continue
+                total = {s: torch.zeros_like(parts[0][s]) for s in stems}
+                for p in parts:
+                    total = {s: total[s] + p[s].to(total[s].device) for s in stems}
+                yield {s: v / len(parts) for s, v in total.items()}
+    finally:
+        for it in streams:
+            it.close()
 
-            chunk_n, step_n = segment_chunking(config, options)
+
+def _demucs_stems(
+    model: Any,
+    config: Any,
+    mix: Resampled,
+    *,
+    options: SeparateOptions,
+    runtime: Runtime,
+    progress: _ProgressSum,
+) -> Generator[dict[str, Tensor], None, None]:
+    """:func:`_separate_demucs` at the model rate in blocks: each channel group standardised
+    by its mean / deviation from a first pass over the file (float64 sums), every (group,
+    shifted pass) streamed with :class:`~audiotool.engine.segments.DemucsPlan` side by side."""
+    from audiotool.engine.lockstep import lockstep, pulled
+    from audiotool.engine.segments import DemucsPlan, stream_segments
+    from audiotool.stream import BLOCK
+
+    rate, length = int(config.sample_rate), mix.length
+    overlap, segment, cap = _demucs_segment(config, options)
+    c_in = int(mix(0, 1).shape[0])
+    model_channels = int(config.audio_channels)
+    per_channel = c_in != model_channels
+    groups = list(range(c_in)) if per_channel else [None]
+    # the mean / deviation of each group's channel mean (demucs' Separator), one pass
+    sums = torch.zeros(len(groups), 2, dtype=torch.float64)
+    for lo in range(0, length, BLOCK):
+        x = mix(lo, min(length, lo + BLOCK)).double()
+        refs = x if per_channel else x.mean(0, keepdim=True)
+        sums[:, 0] += refs.sum(-1)
+        sums[:, 1] += refs.pow(2).sum(-1)
+    mean = sums[:, 0] / length
+    var = (sums[:, 1] - length * mean.pow(2)) / max(1, length - 1)
+    std = var.clamp(min=0).sqrt()
+    stats = [(float(m), float(s) + 1e-8) for m, s in zip(mean, std, strict=True)]
+    max_shift = int(0.5 * rate)
+    gen = torch.Generator().manual_seed(runtime.seed)
+    shifts = [
+        int(torch.randint(0, max_shift + 1, (1,), generator=gen)) for _ in range(options.shifts)
+    ]
+    passes: list[int | None] = list(shifts) if shifts else [None]
+    stems = model_stems(config)
+
+    def run(gi: int, g: int | None, shift: int | None) -> Callable[..., None]:
+        lead = 0 if shift is None else max_shift - shift
+        m, sd = stats[gi]
+        report = progress.part()
+
+        def read(lo: int, hi: int) -> Tensor:
+            x = mix(lo - lead, hi - lead)
+            x = x if g is None else x[g : g + 1].expand(model_channels, -1)
+            norm = (x - m) / sd
+            a, b = max(lo, lead), min(hi, lead + length)  # the signal; zeros around it
+            if a <= lo and b >= hi:
+                return norm
+            out = torch.zeros_like(norm)
+            if a < b:
+                out[:, a - lo : b - lo] = norm[:, a - lo : b - lo]
+            return out
+
+        def produce(sink: Callable[[dict[str, Tensor]], None]) -> None:
+            cut = {"at": 0}
+
+            def crop(blocks: dict[str, Tensor]) -> None:
+                n = int(blocks[stems[0]].shape[-1])
+                a = max(0, lead - cut["at"])
+                cut["at"] += n
+                if a < n:
+                    out = {s: blocks[s][:, a:] * sd + m for s in stems}
+                    sink({s: v.mean(0, keepdim=True) if per_channel else v for s, v in out.items()})
+
             stream_segments(
-                net,
-                mix,
-                RoformerPlan(mix.length, chunk=chunk_n, step=step_n),
-                sink,
+                model,
+                read,
+                DemucsPlan(length + lead, segment, overlap, pad_last=cap is not None),
+                crop,
                 batch_size=runtime.batch_size,
                 device=runtime.device,
                 dtype=runtime.dtype,
-                progress=chunks_cb,
-                **kwargs,
+                progress=report,
             )
-        else:
-            chunk, hop = chunk_plan(config, options)
-            OverlapAddProcessor(chunk, hop, rate).stream(
-                net,
-                mix,
-                mix.length,
-                sink,
-                runtime.batch_size,
-                runtime.device,
-                dtype=runtime.dtype,
-                progress=chunks_cb,
-                **kwargs,
-            )
-        if at["file"] < length:  # the model rate rounds the length up: never short, but check
-            raise AssertionError(f"streamed separation ended at {at['file']} of {length}")
-        for s in sinks.values():
-            s.close()
+
+        return produce
+
+    runs = [(gi, g, shift) for gi, g in enumerate(groups) for shift in passes]
+    streams = [pulled(run(*r)) for r in runs]
+    try:
+        for parts in lockstep(streams):
+            with torch.inference_mode():
+                out: dict[str, Tensor] = {}
+                for s in stems:
+                    rows = []
+                    for gi in range(len(groups)):
+                        acc: Tensor | None = None
+                        for k, (gj, _, _) in enumerate(runs):
+                            if gj == gi:
+                                y = parts[k][s]
+                                acc = y if acc is None else acc + y
+                        assert acc is not None
+                        rows.append(acc)
+                    total = torch.cat(rows, 0) if per_channel else rows[0]
+                    out[s] = total / len(shifts) if len(shifts) > 1 else total
+                yield out
     finally:
-        for s in sinks.values():
-            s.discard()
+        for it in streams:
+            it.close()
 
 
 def separate_files(

@@ -25,6 +25,9 @@ Per file (``shared/reference/audiosr.md`` "Pre-/Post-processing", with the fixes
 Identical channels are processed once (dual-mono in, dual-mono out), and every chunk's noise
 depends on the seed and the chunk's position only, so the output does not depend on the batch
 size or on which channel a chunk belongs to.
+
+Inputs longer than :func:`~audiotool.tasks._items.stream_seconds` take the streamed path of
+:mod:`audiotool.tasks.upsample_stream` (the same output, memory bounded by the chunk).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +53,18 @@ from audiotool.tasks._batch import (
     Produced,
     RuntimeOptions,
     ScaleOptions,
+    Streaming,
     WorkItem,
     audio_extension,
     output_planner,
     run_files,
+)
+from audiotool.tasks._upsample_plan import (
+    EDGE_FRAMES,
+    FULL_BAND_FRACTION,
+    MAX_CONTEXT_FRAMES,
+    StepBar,
+    sampling_plan,
 )
 from audiotool.tasks.common import (
     Runtime,
@@ -66,16 +77,11 @@ from audiotool.tasks.common import (
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
     from audiotool.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+    from audiotool.stream import AudioSource
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "{stem}_{task}.{ext}"
-#: the global encoder sees at most this many mel frames (longer files are averaged in time)
-MAX_CONTEXT_FRAMES = 60_000
-#: a cutoff this close to 24 kHz means there is nothing to generate
-FULL_BAND_FRACTION = 0.97
-#: mel frames mirrored onto each file edge before vocoding (cropped afterwards)
-EDGE_FRAMES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +199,6 @@ def upsample_tensor(
     from audiotool.engine.chunking import plan_spans
     from audiotool.engine.cuda_graphs import use_cuda_graphs
     from audiotool.engine.diffusion import sample_chunked
-    from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
     progress = progress or NullProgress()
     rate = config.sample_rate
@@ -215,24 +220,9 @@ def upsample_tensor(
         y = resample(x, rate, options.output_rate)[inverse]
         return UpsampleResult(fit_length(y.cpu(), out_len), cutoff, 0, generated=False)
 
-    sampler = options.sampler or config.default_sampler
-    steps = options.steps or config.default_steps
-    guidance = config.default_guidance if options.guidance is None else options.guidance
-    eta = config.default_eta if options.eta is None else options.eta
-    if sampler != "ddim":
-        if options.eta:
-            raise UsageError(f"--eta applies to the ddim sampler only, not {sampler!r}")
-        eta = 0.0  # the ODE solvers are deterministic
-    acp = cosine_alphas_cumprod(config.num_train_steps, config.cosine_s, dtype=torch.float64)
-    timesteps = sampler_timesteps(sampler, steps, acp, spacing=options.spacing)
-    chunk_s = options.chunk_seconds or config.chunk_seconds
-    overlap_s = (
-        config.overlap_seconds if options.overlap_seconds is None else (options.overlap_seconds)
-    )
-    if overlap_s >= chunk_s:
-        raise UsageError(
-            f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
-        )
+    plan = sampling_plan(config, options)
+    sampler, steps, guidance, eta = plan.sampler, plan.steps, plan.guidance, plan.eta
+    acp, timesteps, chunk_s, overlap_s = plan.acp, plan.timesteps, plan.chunk_s, plan.overlap_s
     hop = config.hop
     fps = rate // hop
     multiple = model.frame_multiple
@@ -258,7 +248,7 @@ def upsample_tensor(
         lat_chunk, lat_overlap = chunk_frames // factor, overlap_frames // factor
         cond_latent = _encode_chunked(model, cond_mel, chunk_frames, overlap_frames)
         gen = torch.Generator().manual_seed(runtime.seed)
-        step_bar = _StepBar(progress, steps)
+        step_bar = StepBar(progress, steps)
         latent = sample_chunked(
             model.denoise,
             cond_latent,
@@ -364,17 +354,6 @@ def _encode_chunked(model: LatentDiffusion, mel: Tensor, chunk: int, overlap: in
     return crossfade_stitch(outs, lat_spans, n // f, dim=2)
 
 
-class _StepBar:
-    def __init__(self, progress: Progress, steps: int) -> None:
-        self.progress, self.steps, self.started = progress, steps, False
-
-    def __call__(self, i: int, n: int) -> None:
-        if not self.started or i == 1:
-            self.progress.start("steps", n)
-            self.started = True
-        self.progress.update("steps", i, n)
-
-
 def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> None:
     """Validate options against the model before any file runs (usage errors, exit code 2)."""
     nyquist = config.sample_rate / 2
@@ -450,7 +429,30 @@ def start_upsampler(
         }
         return Produced({"audio": result.audio}, options.output_rate, details=details)
 
-    return process
+    def stream(item: WorkItem, source: AudioSource) -> Produced:
+        from audiotool.tasks.upsample_stream import stream_upsample
+
+        produced = Produced(sample_rate=options.output_rate)
+
+        def write(tmps: Mapping[str, Path], output: OutputOptions) -> None:
+            produced.details.update(
+                stream_upsample(
+                    net,
+                    config,
+                    source,
+                    tmps["audio"],
+                    Path(item.targets["audio"]),
+                    options=options,
+                    runtime=rt,
+                    output=output,
+                    progress=progress,
+                )
+            )
+
+        produced.write = write
+        return produced
+
+    return Streaming(process, stream)
 
 
 def upsample_files(

@@ -3,6 +3,7 @@ against demucs' own apply_model; ensembles; refusals."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,38 @@ def test_hdemucs_unsupported_option_refused(hub, song, tmp_path: Path, capsys) -
     code, _, err = separate(["org/hd3"], path, tmp_path / "r", capsys)
     assert code == 2 and "dconv_mode=3" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "extra", "mono"),
+    [
+        (["org/tiny"], ["--shifts", "2", "--residual", "--stems", "vocals"], False),
+        (["org/hd"], ["--mixture-consistent"], False),
+        (["org/tiny"], ["--shifts", "1", "--stems", "bass"], True),  # a channel group per channel
+        (["org/tiny", "org/hd"], ["--ensemble", "max_spec", "--mixture-consistent"], False),
+        (["org/tiny", "org/six"], ["--ensemble", "median", "--residual"], False),
+    ],
+)
+def test_streamed_demucs_shifts_and_ensembles_equal_in_memory(  # type: ignore[no-untyped-def]
+    hub, song, tmp_path: Path, capsys, monkeypatch, spec: list[str], extra: list[str], mono: bool
+) -> None:
+    """Issue #17: the demucs scheme (whole-file standardisation from a first pass), --shifts
+    (passes side by side) and ensembles (members side by side, spectral methods in windows)
+    stream; the stems equal the in-memory ones to float round-off."""
+    path, mix = song
+    if mono:
+        path = tmp_path / "mono.wav"
+        sf.write(path, mix[0].numpy(), RATE, subtype="FLOAT")
+    code, _, err = separate(spec, path, tmp_path / "mem", capsys, *extra)
+    assert code == 0, err
+    monkeypatch.setenv("AUDIOTOOL_STREAM_SECONDS", "0.1")
+    code, out, err = separate(spec, path, tmp_path / "st", capsys, *extra, "--json")
+    assert code == 0, err
+    assert json.loads(out)["files"][0]["details"]["streamed"] is True
+    names = sorted(p.name for p in (tmp_path / "mem" / path.stem).iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "st" / path.stem).iterdir())
+    for name in names:
+        a, _ = sf.read(tmp_path / "mem" / path.stem / name, dtype="float32")
+        b, _ = sf.read(tmp_path / "st" / path.stem / name, dtype="float32")
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, atol=2e-5, rtol=0)
