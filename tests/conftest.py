@@ -20,6 +20,15 @@ from audiotool.models._config import ModelConfig, ModelFamily
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode_left_on() -> object:
+    """Every test leaves torch's grad mode as it found it (a generator that yields inside
+    ``torch.inference_mode()`` leaks the mode into its caller and later tests)."""
+    yield
+    assert torch.is_grad_enabled(), "a test left torch's grad mode off"
+    assert not torch.is_inference_mode_enabled(), "a test left torch in inference mode"
+
+
 def sine(freq: float, seconds: float, rate: int, channels: int = 1, amp: float = 0.5) -> np.ndarray:
     """(T, C) float32 sine wave, a slightly different phase per channel."""
     t = np.arange(round(seconds * rate)) / rate

@@ -1130,14 +1130,17 @@ def _model_stems(
     streams = [pulled(run(offset)) for offset in offsets]
     try:
         for parts in lockstep(streams):
+            if len(parts) == 1:
+                yield parts[0]
+                continue
+            # never yield inside the context: the consumer would run in inference mode, and an
+            # abandoned generator would restore the grad mode at some later garbage collection
             with torch.inference_mode():
-                if len(parts) == 1:
-                    yield parts[0]
-                    continue
                 total = {s: torch.zeros_like(parts[0][s]) for s in stems}
                 for p in parts:
                     total = {s: total[s] + p[s].to(total[s].device) for s in stems}
-                yield {s: v / len(parts) for s, v in total.items()}
+                mean = {s: v / len(parts) for s, v in total.items()}
+            yield mean
     finally:
         for it in streams:
             it.close()
@@ -1243,7 +1246,7 @@ def _demucs_stems(
                         rows.append(acc)
                     total = torch.cat(rows, 0) if per_channel else rows[0]
                     out[s] = total / len(shifts) if len(shifts) > 1 else total
-                yield out
+            yield out  # outside inference_mode (see above)
     finally:
         for it in streams:
             it.close()
