@@ -9,6 +9,7 @@ Keys used by the tasks: ``"files"`` (file i of N), ``"chunks"`` (chunks of the c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -36,3 +37,21 @@ class NullProgress:
 
     def end(self, key: str) -> None:
         return None
+
+
+def chunk_progress(progress: Progress | None, key: str = "chunks") -> Callable[[int, int], None]:
+    """An engine callback ``(done, total)`` forwarding to ``progress`` bar ``key``."""
+    sink = progress or NullProgress()
+    started = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            sink.start(key, total)
+            started = True
+        sink.update(key, done, total)
+        if done >= total:
+            sink.end(key)
+            started = False
+
+    return update

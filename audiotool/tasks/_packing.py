@@ -313,7 +313,7 @@ def _run_pack(
     import torch
 
     from audiotool.engine.packing import pack_key, run_packed
-    from audiotool.tasks.common import chunk_progress
+    from audiotool.progress import chunk_progress
 
     t0 = time.perf_counter()
     error: BaseException | None = None

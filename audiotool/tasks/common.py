@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from audiotool.progress import NullProgress, Progress
 from audiotool.tasks._batch import (
     DEFAULT_BATCH_ACCELERATOR,
     DEFAULT_BATCH_CPU,
@@ -86,24 +85,6 @@ def resolve_task_model(spec: str | None, task: str, *, revision: str | None) -> 
 
     resolved, config = resolve_model(spec, task=task, revision=revision)
     return TaskModel(resolved, config)
-
-
-def chunk_progress(progress: Progress | None, key: str = "chunks") -> Callable[[int, int], None]:
-    """An engine callback ``(done, total)`` forwarding to ``progress`` bar ``key``."""
-    sink = progress or NullProgress()
-    started = False
-
-    def update(done: int, total: int) -> None:
-        nonlocal started
-        if not started:
-            sink.start(key, total)
-            started = True
-        sink.update(key, done, total)
-        if done >= total:
-            sink.end(key)
-            started = False
-
-    return update
 
 
 def model_revision(resolved: ResolvedSpec) -> str:

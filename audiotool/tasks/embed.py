@@ -23,7 +23,7 @@ from torch import Tensor
 
 from audiotool.errors import AudiotoolError, OutputExistsError, UsageError
 from audiotool.paths import ExpandedInputs, atomic_output, check_writable
-from audiotool.progress import Progress
+from audiotool.progress import Progress, chunk_progress
 from audiotool.tasks._batch import (
     BatchReport,
     OutputOptions,
@@ -40,7 +40,6 @@ from audiotool.tasks._packing import FileWork, Packing
 from audiotool.tasks.common import (
     Runtime,
     TaskModel,
-    chunk_progress,
     resolve_task_model,
     run_identity,
 )
@@ -207,9 +206,17 @@ def embed_batch(
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """``np.savez`` into memory (its zip entries carry a fixed date: byte-identical runs)."""
+    """The ``np.savez`` layout (one ``NAME.npy`` per array, uncompressed) written into memory
+    with a fixed entry date, so equal arrays give byte-identical files (``np.savez`` stamps
+    each entry with the current time)."""
+    import zipfile
+
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
     return buf.getvalue()
 
 

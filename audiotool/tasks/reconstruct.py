@@ -24,7 +24,7 @@ from torch import Tensor
 
 from audiotool.errors import UsageError
 from audiotool.paths import ExpandedInputs, atomic_output, check_writable
-from audiotool.progress import Progress
+from audiotool.progress import Progress, chunk_progress
 from audiotool.tasks._batch import (
     BatchReport,
     OutputOptions,
@@ -42,7 +42,6 @@ from audiotool.tasks._packing import FileWork, Packing
 from audiotool.tasks.common import (
     Runtime,
     TaskModel,
-    chunk_progress,
     resolve_task_model,
     run_identity,
 )

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from audiotool.errors import UsageError
 from audiotool.paths import ExpandedInputs
-from audiotool.progress import Progress
+from audiotool.progress import Progress, chunk_progress
 from audiotool.tasks._batch import (
     BatchReport,
     OutputOptions,
@@ -38,7 +38,6 @@ from audiotool.tasks._packing import FileWork, Packing
 from audiotool.tasks.common import (
     Runtime,
     TaskModel,
-    chunk_progress,
     load_task_model,
     resolve_task_model,
     run_identity,

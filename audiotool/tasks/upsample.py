@@ -45,7 +45,7 @@ from torch import Tensor
 
 from audiotool.errors import UsageError
 from audiotool.paths import ExpandedInputs
-from audiotool.progress import NullProgress, Progress
+from audiotool.progress import NullProgress, Progress, chunk_progress
 from audiotool.tasks._batch import (
     BatchReport,
     OutputOptions,
@@ -69,7 +69,6 @@ from audiotool.tasks._upsample_plan import (
 from audiotool.tasks.common import (
     Runtime,
     TaskModel,
-    chunk_progress,
     resolve_task_model,
     run_identity,
 )

@@ -244,13 +244,13 @@ def _generate(
     from audiotool.engine.cuda_graphs import use_cuda_graphs
     from audiotool.engine.diffusion import ChunkSampler
     from audiotool.engine.stitching import BlockCache, LazyStitch
+    from audiotool.progress import chunk_progress
     from audiotool.tasks._upsample_plan import (
         EDGE_FRAMES,
         MAX_CONTEXT_FRAMES,
         StepBar,
         sampling_plan,
     )
-    from audiotool.tasks.common import chunk_progress
 
     plan = sampling_plan(config, options)
     rate, hop = config.sample_rate, config.hop

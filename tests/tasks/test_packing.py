@@ -45,10 +45,22 @@ def _both(
 
 
 def _same_files(a: Path, b: Path) -> int:
+    """The same files; byte-identical, except embeddings on more than one torch thread: the
+    CPU matrix multiplies then round differently for 1 and 4 rows (measured: <= 2.4e-7), so
+    their arrays must agree to 1e-6 (on one thread they are byte-identical too)."""
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+        if (a / f).read_bytes() == (b / f).read_bytes():
+            continue
+        assert f.suffix == ".npz" and torch.get_num_threads() > 1, f
+        x, y = np.load(a / f), np.load(b / f)
+        assert x.files == y.files, f
+        for k in x.files:
+            if x[k].dtype.kind == "f":
+                np.testing.assert_allclose(x[k], y[k], atol=1e-6, rtol=0, err_msg=str(f))
+            else:
+                assert np.array_equal(x[k], y[k]), (f, k)
     return len(files)
 
 
