@@ -56,6 +56,16 @@ def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> Sa
         eta = 0.0  # the ODE solvers are deterministic
     acp = cosine_alphas_cumprod(config.num_train_steps, config.cosine_s, dtype=torch.float64)
     timesteps = sampler_timesteps(sampler, steps, acp, spacing=options.spacing)
+    chunk_s, overlap_s = chunk_settings(config, options)
+    return SamplingPlan(sampler, steps, guidance, eta, acp, timesteps, chunk_s, overlap_s)
+
+
+def chunk_settings(config: LatentDiffusionConfig, options: UpsampleOptions) -> tuple[float, float]:
+    """``(chunk, overlap)`` in seconds from the options or the model's defaults.
+
+    Raises:
+        UsageError: an overlap not below the chunk.
+    """
     chunk_s = options.chunk_seconds or config.chunk_seconds
     overlap_s = (
         config.overlap_seconds if options.overlap_seconds is None else options.overlap_seconds
@@ -64,7 +74,7 @@ def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> Sa
         raise UsageError(
             f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
         )
-    return SamplingPlan(sampler, steps, guidance, eta, acp, timesteps, chunk_s, overlap_s)
+    return chunk_s, overlap_s
 
 
 class StepBar:

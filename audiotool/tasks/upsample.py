@@ -64,6 +64,7 @@ from audiotool.tasks._upsample_plan import (
     FULL_BAND_FRACTION,
     MAX_CONTEXT_FRAMES,
     StepBar,
+    chunk_settings,
     sampling_plan,
 )
 from audiotool.tasks.common import (
@@ -361,14 +362,7 @@ def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> No
             f"--cutoff must be between 0 and {nyquist:g} Hz (the model works at "
             f"{config.sample_rate} Hz), got {options.cutoff:g}"
         )
-    chunk_s = options.chunk_seconds or config.chunk_seconds
-    overlap_s = (
-        config.overlap_seconds if options.overlap_seconds is None else options.overlap_seconds
-    )
-    if overlap_s >= chunk_s:
-        raise UsageError(
-            f"--overlap-seconds ({overlap_s}) must be below --chunk-seconds ({chunk_s})"
-        )
+    chunk_settings(config, options)
     from audiotool.engine.cuda_graphs import CUDA_GRAPH_MODES
 
     if options.cuda_graphs not in CUDA_GRAPH_MODES:
