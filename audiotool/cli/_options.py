@@ -373,3 +373,37 @@ def scaled_runtime(runtime: RuntimeOptions, scale: ScaleOptions) -> RuntimeOptio
 
     device = auto_device(runtime.device, scale.shard)
     return dataclasses.replace(runtime, device=device) if device != runtime.device else runtime
+
+
+def compute_and_scale(
+    *,
+    device: str,
+    precision: PrecisionChoice,
+    batch_size: int | None,
+    seed: int,
+    threads: int | None,
+    shard: str | None,
+    manifest: Path | None,
+    resume: bool,
+    engine: EngineChoice,
+    ray_address: str | None,
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+) -> tuple[RuntimeOptions, ScaleOptions]:
+    """The compute and at-scale options of a model command, checked (:func:`scale_options`),
+    with the device picked per process under torchrun (:func:`scaled_runtime`)."""
+    runtime = runtime_options(
+        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
+    )
+    scale = scale_options(
+        shard=shard,
+        manifest=manifest,
+        resume=resume,
+        engine=engine,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+    )
+    return scaled_runtime(runtime, scale), scale

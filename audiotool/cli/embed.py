@@ -35,10 +35,8 @@ from audiotool.cli._options import (
     SkipExistingOpt,
     ThreadsOpt,
     WorkersOpt,
+    compute_and_scale,
     output_options,
-    runtime_options,
-    scale_options,
-    scaled_runtime,
 )
 
 HELP = (
@@ -98,10 +96,12 @@ def embed(
         skip_existing=skip_existing,
         fail_fast=fail_fast,
     )
-    rt = runtime_options(
-        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
-    )
-    scale = scale_options(
+    rt, scale = compute_and_scale(
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
         shard=shard,
         manifest=manifest,
         resume=resume,
@@ -111,7 +111,6 @@ def embed(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
     )
-    rt = scaled_runtime(rt, scale)
     expanded = expand_inputs(inputs, stdin=sys.stdin)
     report = run_reported(
         "embed",

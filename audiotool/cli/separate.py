@@ -41,10 +41,8 @@ from audiotool.cli._options import (
     SkipExistingOpt,
     ThreadsOpt,
     WorkersOpt,
+    compute_and_scale,
     output_options,
-    runtime_options,
-    scale_options,
-    scaled_runtime,
 )
 
 HELP = (
@@ -173,10 +171,12 @@ def separate(
         clip=clip,
         fmt=fmt,
     )
-    rt = runtime_options(
-        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
-    )
-    scale = scale_options(
+    rt, scale = compute_and_scale(
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
         shard=shard,
         manifest=manifest,
         resume=resume,
@@ -186,7 +186,6 @@ def separate(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
     )
-    rt = scaled_runtime(rt, scale)
     opts = SeparateOptions(
         stems=None if stems is None else tuple(s.strip() for s in stems.split(",") if s.strip()),
         residual=residual,

@@ -42,10 +42,8 @@ from audiotool.cli._options import (
     SkipExistingOpt,
     ThreadsOpt,
     WorkersOpt,
+    compute_and_scale,
     output_options,
-    runtime_options,
-    scale_options,
-    scaled_runtime,
 )
 from audiotool.errors import UsageError
 
@@ -218,10 +216,12 @@ def upsample(
         clip=clip,
         fmt=fmt,
     )
-    rt = runtime_options(
-        device=device, precision=precision, batch_size=batch_size, seed=seed, threads=threads
-    )
-    scale = scale_options(
+    rt, scale = compute_and_scale(
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
         shard=shard,
         manifest=manifest,
         resume=resume,
@@ -231,7 +231,6 @@ def upsample(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
     )
-    rt = scaled_runtime(rt, scale)
     opts = UpsampleOptions(
         steps=steps,
         sampler=sampler.value if sampler else None,
