@@ -158,7 +158,11 @@ def test_out_of_memory_backs_off_on_cuda() -> None:
 
 
 def _sample_tiny_upsampler(
-    *, cuda_graphs: bool, dtype: torch.dtype | None, batch_size: int
+    *,
+    cuda_graphs: bool,
+    dtype: torch.dtype | None,
+    batch_size: int,
+    interval: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Tensor, int]:
     """Chunked DPM-Solver++(2M) with the tiny upsampler on CUDA; (latents, graph captures)."""
     from audiotool.engine import cuda_graphs as graphs
@@ -172,10 +176,10 @@ def _sample_tiny_upsampler(
     captures = 0
     original = graphs.GraphedDenoiser._capture
 
-    def counting(self: Any, *args: Any) -> None:
+    def counting(self: Any, *args: Any) -> Any:
         nonlocal captures
         captures += 1
-        original(self, *args)
+        return original(self, *args)
 
     acp = cosine_alphas_cumprod(dtype=torch.float64)
     with torch.inference_mode():
@@ -194,6 +198,7 @@ def _sample_tiny_upsampler(
                 context=ctx,
                 uncond_latent=model.uncond_value,
                 guidance=3.5,
+                guidance_interval=interval,
                 generator=torch.Generator().manual_seed(0),
                 batch_size=batch_size,
                 sampler="dpmpp-2m",
@@ -217,3 +222,15 @@ def test_cuda_graph_sampling_equals_eager(precision: str) -> None:
     # and the padded graph run does not depend on the batch size beyond the same tolerance
     single, _ = _sample_tiny_upsampler(cuda_graphs=True, dtype=dtype, batch_size=1)
     assert _rel(eager, single) < tol
+
+
+def test_cuda_graphs_with_a_guidance_interval_keep_one_graph_per_batch_shape() -> None:
+    interval = (0.8, 1.0)  # guided (2B) on the noisiest steps, conditional (B) after
+    eager, _ = _sample_tiny_upsampler(
+        cuda_graphs=False, dtype=None, batch_size=4, interval=interval
+    )
+    graphed, captures = _sample_tiny_upsampler(
+        cuda_graphs=True, dtype=None, batch_size=4, interval=interval
+    )
+    assert captures == 2  # not one per switch: 3 mini-batches x 2 shapes would be 6
+    assert _rel(eager, graphed) < FP32_TOL

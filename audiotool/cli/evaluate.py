@@ -18,7 +18,14 @@ from audiotool.cli._options import (
     RevisionOpt,
     ThreadsOpt,
 )
-from audiotool.cli.upsample import SamplerOpt, SpacingOpt, StepsOpt
+from audiotool.cli.upsample import (
+    GuidanceIntervalOpt,
+    GuidanceOpt,
+    SamplerOpt,
+    SpacingOpt,
+    StepsOpt,
+    parse_interval,
+)
 
 app = typer.Typer(
     help="Measure quality on real recordings, beside baselines.",
@@ -97,6 +104,8 @@ def eval_upsample(
     steps: StepsOpt = None,
     sampler: SamplerOpt = None,
     spacing: SpacingOpt = None,
+    guidance: GuidanceOpt = None,
+    guidance_interval: GuidanceIntervalOpt = None,
     limit: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(
@@ -136,6 +145,8 @@ def eval_upsample(
             steps=steps,
             sampler=sampler.value if sampler else None,
             spacing=spacing.value if spacing else None,
+            guidance=guidance,
+            guidance_interval=parse_interval(guidance_interval),
             cutoff=0.95 * input_rate / 2,
         )
 

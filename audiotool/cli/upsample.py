@@ -83,11 +83,46 @@ StepsOpt = Annotated[
         "--steps",
         min=1,
         max=1000,
-        help="Sampler steps = denoiser forwards (default: the model's; upsample-tiny: 16, "
+        help="Sampler steps = denoiser forwards (default: the model's; upsample-tiny: 8, "
         "AudioSR: 50).",
         rich_help_panel=RUN,
     ),
 ]
+GuidanceOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--guidance",
+        help="Classifier-free guidance scale; 1 = the conditional forward alone, half the work "
+        "(default: the model's, 3.5).",
+        rich_help_panel=RUN,
+    ),
+]
+GuidanceIntervalOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--guidance-interval",
+        metavar="LO,HI",
+        help="Guide only at noise levels t/T in [LO, HI] (0 = clean, 1 = pure noise); the other "
+        "steps cost half (default: the model's; upsample-tiny: 0.8,1; AudioSR: 0,1).",
+        rich_help_panel=RUN,
+    ),
+]
+
+
+def parse_interval(value: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` -> ``(lo, hi)`` with ``0 <= lo <= hi <= 1`` (None stays None)."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(
+            f"--guidance-interval must be two numbers LO,HI (e.g. 0.8,1), got {value!r}"
+        ) from None
+    if not 0 <= lo <= hi <= 1:
+        raise UsageError(f"--guidance-interval needs 0 <= LO <= HI <= 1, got {value!r}")
+    return lo, hi
 
 
 class CudaGraphsChoice(str, Enum):
@@ -143,12 +178,8 @@ def upsample(
     steps: StepsOpt = None,
     sampler: SamplerOpt = None,
     spacing: SpacingOpt = None,
-    guidance: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(
-            "--guidance", help="Classifier-free guidance scale (default: 3.5).", rich_help_panel=RUN
-        ),
-    ] = None,
+    guidance: GuidanceOpt = None,
+    guidance_interval: GuidanceIntervalOpt = None,
     eta: Annotated[
         Optional[float],  # noqa: UP045
         typer.Option(
@@ -236,6 +267,7 @@ def upsample(
         sampler=sampler.value if sampler else None,
         spacing=spacing.value if spacing else None,
         guidance=guidance,
+        guidance_interval=parse_interval(guidance_interval),
         eta=eta,
         chunk_seconds=chunk_seconds,
         overlap_seconds=overlap_seconds,

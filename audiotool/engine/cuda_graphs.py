@@ -18,6 +18,7 @@ the same function without the capture.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Literal
@@ -67,30 +68,40 @@ def with_autocast(denoiser: Denoiser, device: torch.device, dtype: torch.dtype |
     return run
 
 
+@dataclasses.dataclass
+class _Captured:
+    """One captured forward: its graph and its static input / output buffers."""
+
+    graph: torch.cuda.CUDAGraph
+    x: Tensor
+    t: Tensor
+    cond: dict[str, Tensor]
+    out: Tensor
+
+
 class GraphedDenoiser:
-    """A :data:`Denoiser` replayed from a CUDA graph (see the module docstring).
+    """A :data:`Denoiser` replayed from CUDA graphs (see the module docstring).
 
     Inputs ``x`` ``(B, ...)``, ``t`` ``(B,)`` and every tensor of ``cond`` are copied into static
-    buffers; the graph is captured on the first call and again whenever a shape, dtype or the
-    set of ``cond`` keys changes (``captures`` counts them). The returned tensor is a copy, so a
-    sampler may keep it across steps.
+    buffers; a graph is captured on the first call of each signature (shapes, dtypes, the set
+    of ``cond`` keys) and kept, up to ``max_graphs`` of them (the oldest is dropped first) —
+    a sampler with a guidance interval alternates between a guided batch of ``2B`` and a
+    conditional one of ``B``, two graphs. ``captures`` counts them. The returned tensor is a
+    copy, so a sampler may keep it across steps.
 
     Args:
         denoiser: the eager denoiser (already wrapped in autocast if wanted).
         warmup: eager calls on a side stream before the capture (lazy initialisation of
             cuBLAS / cuDNN workspaces must not happen inside the capture).
+        max_graphs: how many signatures keep their graph.
     """
 
-    def __init__(self, denoiser: Denoiser, *, warmup: int = 2) -> None:
+    def __init__(self, denoiser: Denoiser, *, warmup: int = 2, max_graphs: int = 4) -> None:
         self.denoiser = denoiser
         self.warmup = warmup
+        self.max_graphs = max_graphs
         self.captures = 0
-        self._key: tuple[object, ...] | None = None
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._x: Tensor | None = None
-        self._t: Tensor | None = None
-        self._cond: dict[str, Tensor] = {}
-        self._out: Tensor | None = None
+        self._graphs: dict[tuple[object, ...], _Captured] = {}
 
     @staticmethod
     def _signature(x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> tuple[object, ...]:
@@ -99,36 +110,35 @@ class GraphedDenoiser:
             parts += [k, cond[k].shape, cond[k].dtype, cond[k].stride()]
         return tuple(parts)
 
-    def _capture(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> None:
-        self._graph = None  # free the previous graph's pool first
-        self._x, self._t = x.clone(), t.clone()
-        self._cond = {k: v.clone() for k, v in cond.items()}
+    def _capture(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> _Captured:
+        if len(self._graphs) >= self.max_graphs:  # free the oldest graph's pool first
+            self._graphs.pop(next(iter(self._graphs)))
+        sx, st = x.clone(), t.clone()
+        scond = {k: v.clone() for k, v in cond.items()}
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.denoiser(self._x, self._t, self._cond)
+                self.denoiser(sx, st, scond)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._out = self.denoiser(self._x, self._t, self._cond)
-        self._graph = graph
+            out = self.denoiser(sx, st, scond)
         self.captures += 1
         log.debug("captured the denoiser in a CUDA graph for x %s", tuple(x.shape))
+        return _Captured(graph, sx, st, scond, out)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
         key = self._signature(x, t, cond)
-        if key != self._key:
-            self._capture(x, t, cond)
-            self._key = key
-        assert self._graph is not None and self._x is not None and self._t is not None
-        assert self._out is not None
-        self._x.copy_(x)
-        self._t.copy_(t)
+        cap = self._graphs.get(key)
+        if cap is None:
+            cap = self._graphs[key] = self._capture(x, t, cond)
+        cap.x.copy_(x)
+        cap.t.copy_(t)
         for k, v in cond.items():
-            self._cond[k].copy_(v)
-        self._graph.replay()
-        return self._out.clone()
+            cap.cond[k].copy_(v)
+        cap.graph.replay()
+        return cap.out.clone()
 
 
 def denoiser_for(

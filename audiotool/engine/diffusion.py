@@ -30,7 +30,7 @@ from torch import Tensor
 from audiotool.engine.batching import ProgressFn, map_batches
 from audiotool.engine.chunking import Span, crossfade_stitch, plan_spans
 from audiotool.engine.cuda_graphs import denoiser_for
-from audiotool.engine.samplers import SAMPLER_NAMES, Denoiser, sample
+from audiotool.engine.samplers import FULL_INTERVAL, SAMPLER_NAMES, Denoiser, check_interval, sample
 from audiotool.errors import EngineError
 
 CONCAT = "concat"
@@ -48,6 +48,7 @@ def sample_chunked(
     context: Mapping[str, Tensor] | None = None,
     uncond_latent: Tensor | float | None = None,
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] = FULL_INTERVAL,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     batch_size: int = 1,
@@ -72,7 +73,8 @@ def sample_chunked(
         context: per-item tensors ``(B, ...)`` reused for every span and step (not chunked).
         uncond_latent: the ``"concat"`` value of the unconditional pass (a constant or a tensor
             broadcastable to a span); None disables guidance. The context is kept in both passes.
-        guidance, eta, parameterization, final_alpha: sampler settings (η: DDIM only).
+        guidance, guidance_interval, eta, parameterization, final_alpha: sampler settings
+            (:func:`audiotool.engine.samplers.sample_ddim`; η: DDIM only).
         sampler: ``"ddim"``, ``"dpmpp-2m"`` or ``"unipc"`` (:mod:`audiotool.engine.samplers`).
         generator: seeds every span position's own generator (shared by the items).
         batch_size: spans per forward (halved on out-of-memory).
@@ -102,6 +104,7 @@ def sample_chunked(
         context=context,
         uncond_latent=uncond_latent,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         eta=eta,
         generator=generator,
         batch_size=batch_size,
@@ -153,6 +156,7 @@ class ChunkSampler:
         context: Mapping[str, Tensor] | None = None,
         uncond_latent: Tensor | float | None = None,
         guidance: float = 1.0,
+        guidance_interval: tuple[float, float] = FULL_INTERVAL,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         batch_size: int = 1,
@@ -188,6 +192,7 @@ class ChunkSampler:
         self.pad_to = pad_to
         self.timesteps, self.alphas_cumprod = timesteps, alphas_cumprod
         self.uncond_latent, self.guidance, self.eta = uncond_latent, guidance, eta
+        self.guidance_interval = check_interval(guidance_interval)
         self.batch_size, self.parameterization = batch_size, parameterization
         self.final_alpha, self.sampler, self.step_callback = final_alpha, sampler, step_callback
 
@@ -244,6 +249,7 @@ class ChunkSampler:
                 cond=cond,
                 uncond=uncond,
                 guidance=self.guidance,
+                guidance_interval=self.guidance_interval,
                 eta=self.eta,
                 parameterization=self.parameterization,
                 generator=gens,

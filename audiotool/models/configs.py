@@ -78,6 +78,9 @@ class LatentDiffusionConfig(ModelConfig):
     default_sampler: Literal["ddim", "dpmpp-2m", "unipc"] = "ddim"
     default_steps: int = 50
     default_guidance: float = 3.5
+    # noise levels t / num_train_steps where guidance applies (lo, hi); elsewhere one
+    # conditional forward (engine.samplers.guided_model)
+    default_guidance_interval: tuple[float, float] = (0.0, 1.0)
     default_eta: float = 1.0
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ class SamplingPlan:
     sampler: str
     steps: int
     guidance: float
+    guidance_interval: tuple[float, float]
     eta: float
     acp: Tensor  # (num_train_steps,) float64 alphas_cumprod
     timesteps: Tensor
@@ -42,13 +43,20 @@ def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> Sa
     """Resolve ``options`` against ``config`` (the same for in-memory and streamed runs).
 
     Raises:
-        UsageError: ``--eta`` with an ODE sampler, or an overlap not below the chunk.
+        UsageError: ``--eta`` with an ODE sampler, a guidance interval outside [0, 1], or an
+            overlap not below the chunk.
     """
     from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
     sampler = options.sampler or config.default_sampler
     steps = options.steps or config.default_steps
     guidance = config.default_guidance if options.guidance is None else options.guidance
+    interval = options.guidance_interval or config.default_guidance_interval
+    lo, hi = interval
+    if not 0 <= lo <= hi <= 1:
+        raise UsageError(
+            f"--guidance-interval needs 0 <= LO <= HI <= 1 (noise levels), got {lo:g},{hi:g}"
+        )
     eta = config.default_eta if options.eta is None else options.eta
     if sampler != "ddim":
         if options.eta:
@@ -57,7 +65,7 @@ def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> Sa
     acp = cosine_alphas_cumprod(config.num_train_steps, config.cosine_s, dtype=torch.float64)
     timesteps = sampler_timesteps(sampler, steps, acp, spacing=options.spacing)
     chunk_s, overlap_s = chunk_settings(config, options)
-    return SamplingPlan(sampler, steps, guidance, eta, acp, timesteps, chunk_s, overlap_s)
+    return SamplingPlan(sampler, steps, guidance, (lo, hi), eta, acp, timesteps, chunk_s, overlap_s)
 
 
 def chunk_settings(config: LatentDiffusionConfig, options: UpsampleOptions) -> tuple[float, float]:

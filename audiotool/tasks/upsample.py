@@ -94,6 +94,8 @@ class UpsampleOptions:
         spacing: timesteps ``"uniform"`` (AudioSR's DDIM grid) or ``"logsnr"`` (None = the
             sampler's default: see :func:`audiotool.engine.schedules.sampler_timesteps`).
         guidance: classifier-free guidance scale.
+        guidance_interval: noise levels ``(lo, hi)`` (``t / T``, 0 = clean, 1 = pure noise)
+            where guidance applies; the other steps run the conditional forward alone.
         eta: DDIM stochasticity (0 = deterministic given the seed's starting noise).
         chunk_seconds / overlap_seconds: chunking of the diffusion (and of the VAE / vocoder).
         cutoff: Hz above which content is generated (None = estimated per file).
@@ -113,6 +115,7 @@ class UpsampleOptions:
     sampler: str | None = None
     spacing: str | None = None
     guidance: float | None = None
+    guidance_interval: tuple[float, float] | None = None
     eta: float | None = None
     chunk_seconds: float | None = None
     overlap_seconds: float | None = None
@@ -260,6 +263,7 @@ def upsample_tensor(
             context=context,
             uncond_latent=model.uncond_value,
             guidance=guidance,
+            guidance_interval=plan.guidance_interval,
             eta=eta,
             generator=gen,
             batch_size=runtime.batch_size,
@@ -376,7 +380,8 @@ def prefer_channels_last(model: LatentDiffusion, device: torch.device) -> None:
 
     oneDNN's convolutions then skip reordering every activation from NCHW and back, which was
     measured ~10 % faster per denoiser forward for upsample-tiny on a 2-core x86 CPU; the
-    outputs agree with the NCHW path to float round-off (~1e-5) and stay batch-invariant
+    outputs agree with the NCHW path to float round-off (~1e-5) and, as the denoiser runs one
+    item at a time on the CPU (:meth:`LatentDiffusion.denoise`), do not depend on the batch
     (tested). GPUs keep the default layout.
     """
     if device.type == "cpu":

@@ -307,6 +307,7 @@ def _generate(
             context=context,
             uncond_latent=model.uncond_value,
             guidance=plan.guidance,
+            guidance_interval=plan.guidance_interval,
             eta=plan.eta,
             generator=torch.Generator().manual_seed(runtime.seed),
             batch_size=runtime.batch_size,

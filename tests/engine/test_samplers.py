@@ -10,6 +10,7 @@ from torch import Tensor
 from audiotool.engine.chunking import crossfade_stitch, plan_spans
 from audiotool.engine.samplers import (
     SAMPLER_NAMES,
+    check_interval,
     sample,
     sample_ddim,
     sample_dpmpp_2m,
@@ -142,6 +143,52 @@ def test_guidance_one_equals_conditional_and_cfg_is_one_forward() -> None:
     c = sample_ddim(den, x, ddim_timesteps(4), ACP, cond=cond, uncond=uncond, guidance=3.5)
     assert calls == [6] * 4  # conditional + unconditional in ONE batched forward
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_guidance_interval_guides_only_the_noise_levels_inside_it(name: str) -> None:
+    seen: list[tuple[int, int]] = []  # (batch, timestep) of every forward
+
+    def den(x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        seen.append((x.shape[0], int(t[0])))
+        assert bool((t == t[0]).all())
+        return 0.1 * x + cond["c"]
+
+    x = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond, uncond = {"c": torch.ones(2, 2, 4, 4)}, {"c": torch.zeros(1, 2, 4, 4)}
+    ts = sampler_timesteps(name, 12, ACP)
+    kw = {"cond": cond, "uncond": uncond, "guidance": 3.5}
+    limited = sample(name, den, x, ts, ACP, guidance_interval=(0.8, 1.0), **kw)  # type: ignore[arg-type]
+    # guided (one batch of 2B) exactly where t / 1000 is in [0.8, 1], the conditional pass alone
+    # (B) everywhere else
+    assert seen == [(4 if int(t) >= 800 else 2, int(t)) for t in ts]
+    assert 0 < sum(b == 4 for b, _ in seen) < len(ts)
+    seen.clear()
+    full = sample(name, den, x, ts, ACP, **kw)  # type: ignore[arg-type]
+    assert [b for b, _ in seen] == [4] * len(ts)
+    assert not torch.allclose(limited, full)
+    # an interval no timestep falls in is guidance 1; the full one is the default
+    nowhere = sample(name, den, x, ts, ACP, guidance_interval=(0.9995, 1.0), **kw)  # type: ignore[arg-type]
+    assert torch.equal(nowhere, sample(name, den, x, ts, ACP, cond=cond))
+    everywhere = sample(name, den, x, ts, ACP, guidance_interval=(0.0, 1.0), **kw)  # type: ignore[arg-type]
+    assert torch.equal(everywhere, full)
+
+
+@pytest.mark.parametrize("bad", [(-0.1, 1.0), (0.5, 0.4), (0.2, 1.5)])
+def test_guidance_interval_is_checked(bad: tuple[float, float]) -> None:
+    with pytest.raises(EngineError, match="0 <= lo <= hi <= 1"):
+        check_interval(bad)
+    with pytest.raises(EngineError):
+        sample_dpmpp_2m(
+            lambda x, t, c: x,
+            torch.zeros(1, 1, 2, 2),
+            torch.tensor([500]),
+            ACP,
+            cond={},
+            uncond={},
+            guidance=2.0,
+            guidance_interval=bad,
+        )
 
 
 def test_cfg_formula() -> None:
