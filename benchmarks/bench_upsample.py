@@ -63,29 +63,32 @@ def run_audiotool(
     sampler: str = "ddim",
     cuda_graphs: bool = False,
 ) -> None:
-    from audiotool.engine.diffusion import sample_chunked
+    from audiotool.engine.diffusion import SamplingSettings, sample_chunked
     from audiotool.engine.schedules import sampler_timesteps
 
     chunk = int(cfg.chunk_seconds * 100) // model.latent_factor
     overlap = int(cfg.overlap_seconds * 100) // model.latent_factor
     ctx = model.encode_global(mel)
     cond = model.encode_condition(mel)
+    settings = SamplingSettings(
+        timesteps=sampler_timesteps(sampler, steps, model.alphas_cumprod),
+        alphas_cumprod=model.alphas_cumprod,
+        sampler=sampler,
+        guidance=3.5,
+        eta=_eta(sampler),
+        uncond_latent=model.uncond_value,
+    )
     sample_chunked(
         model.denoise,
         cond,
+        settings,
         chunk=chunk,
         overlap=overlap,
-        timesteps=sampler_timesteps(sampler, steps, model.alphas_cumprod),
-        alphas_cumprod=model.alphas_cumprod,
         out_channels=model.latent_channels,
         context=ctx,
-        uncond_latent=model.uncond_value,
-        guidance=3.5,
-        eta=_eta(sampler),
         generator=torch.Generator().manual_seed(0),
         batch_size=batch,
         time_multiple=model.unet.time_multiple,
-        sampler=sampler,
         autocast_dtype=dtype,  # the denoiser only; the sampler's arithmetic stays fp32/fp64
         cuda_graphs=cuda_graphs,
     )

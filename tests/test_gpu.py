@@ -166,7 +166,7 @@ def _sample_tiny_upsampler(
 ) -> tuple[Tensor, int]:
     """Chunked DPM-Solver++(2M) with the tiny upsampler on CUDA; (latents, graph captures)."""
     from audiotool.engine import cuda_graphs as graphs
-    from audiotool.engine.diffusion import sample_chunked
+    from audiotool.engine.diffusion import SamplingSettings, sample_chunked
     from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
     from audiotool.models.latent_diffusion import build_model, tiny_config
 
@@ -182,6 +182,14 @@ def _sample_tiny_upsampler(
         return original(self, *args)
 
     acp = cosine_alphas_cumprod(dtype=torch.float64)
+    settings = SamplingSettings(
+        timesteps=sampler_timesteps("dpmpp-2m", 8, acp),
+        alphas_cumprod=acp,
+        sampler="dpmpp-2m",
+        guidance=3.5,
+        guidance_interval=interval,
+        uncond_latent=model.uncond_value,
+    )
     with torch.inference_mode():
         cond = model.encode_condition(mel)
         ctx = model.encode_global(mel)
@@ -190,18 +198,13 @@ def _sample_tiny_upsampler(
             out = sample_chunked(
                 model.denoise,
                 cond,
+                settings,
                 chunk=128,
                 overlap=32,  # 5 spans per item, 10 in all: the last mini-batch is padded
-                timesteps=sampler_timesteps("dpmpp-2m", 8, acp),
-                alphas_cumprod=acp,
                 out_channels=model.latent_channels,
                 context=ctx,
-                uncond_latent=model.uncond_value,
-                guidance=3.5,
-                guidance_interval=interval,
                 generator=torch.Generator().manual_seed(0),
                 batch_size=batch_size,
-                sampler="dpmpp-2m",
                 time_multiple=model.unet.time_multiple,
                 autocast_dtype=dtype,
                 cuda_graphs=cuda_graphs,

@@ -5,8 +5,9 @@ Legend: ``B`` items of one file (e.g. its channels), ``C`` latent channels, ``T`
 
 A long conditioning latent is cut into overlapping spans along ``T``. Every span of every item is
 sampled with DDIM, DPM-Solver++(2M) or UniPC (+ classifier-free guidance in one batched
-forward) in mini-batches of ``batch_size`` spans — never one chunk at a time — with
-out-of-memory back-off. The per-file ``context`` tensors (e.g. the global encoder's output,
+forward; sampler, schedule and guidance travel as one :class:`SamplingSettings`) in
+mini-batches of ``batch_size`` spans — never one chunk at a time — with out-of-memory
+back-off. The per-file ``context`` tensors (e.g. the global encoder's output,
 computed ONCE from the whole file by the caller) are given unchanged to every span and every
 step. The samples are crossfaded over the overlaps.
 
@@ -20,6 +21,7 @@ phase retrieval; see :class:`audiotool.models.unet.UNetModel`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -36,26 +38,69 @@ from audiotool.errors import EngineError
 CONCAT = "concat"
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """What the sampler does at every span of a :func:`sample_chunked` /
+    :class:`ChunkSampler` run; the engine's own settings (chunking, batching, device) are
+    separate keywords there. The fields are those of
+    :func:`audiotool.engine.samplers.sample_ddim` (and :func:`~audiotool.engine.samplers.sample`).
+
+    Attributes:
+        timesteps: descending timesteps to visit, ``(S,)``
+            (:func:`audiotool.engine.schedules.sampler_timesteps`).
+        alphas_cumprod: ᾱ of the training schedule, ``(num_train_steps,)`` (the samplers'
+            coefficients are computed from it in float64).
+        sampler: ``"ddim"``, ``"dpmpp-2m"`` or ``"unipc"`` (:mod:`audiotool.engine.samplers`).
+        guidance: classifier-free guidance scale (1 = conditional pass only).
+        guidance_interval: the noise levels ``t / num_train_steps`` where guidance applies,
+            ``(lo, hi)`` inclusive; elsewhere the conditional pass alone
+            (:func:`audiotool.engine.samplers.guided_model`).
+        eta: DDIM stochasticity (0 deterministic, 1 = AudioSR's default); DDIM only.
+        parameterization: what the denoiser predicts, ``"v"`` or ``"eps"`` (ε).
+        final_alpha: ᾱ after the last step (None = ᾱ[0], as AudioSR; 1.0 = fully clean).
+        uncond_latent: the ``"concat"`` value of the unconditional pass (a constant or a tensor
+            broadcastable to a span); None disables guidance. The context is kept in both
+            passes.
+
+    Raises:
+        EngineError: at construction, for an unknown sampler, η > 0 with a sampler other than
+            DDIM, or a guidance interval outside ``0 <= lo <= hi <= 1`` (stored as two floats).
+    """
+
+    timesteps: Tensor
+    alphas_cumprod: Tensor
+    sampler: str = "ddim"
+    guidance: float = 1.0
+    guidance_interval: tuple[float, float] = FULL_INTERVAL
+    eta: float = 0.0
+    parameterization: Literal["v", "eps"] = "v"
+    final_alpha: float | None = None
+    uncond_latent: Tensor | float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLER_NAMES:
+            raise EngineError(
+                f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}"
+            )
+        if self.sampler != "ddim" and self.eta > 0:
+            raise EngineError(
+                f"eta > 0 is only supported by the ddim sampler, not {self.sampler!r}"
+            )
+        object.__setattr__(self, "guidance_interval", check_interval(self.guidance_interval))
+
+
 def sample_chunked(
     denoiser: Denoiser,
     cond_latent: Tensor,
+    settings: SamplingSettings,
     *,
     chunk: int,
     overlap: int,
-    timesteps: Tensor,
-    alphas_cumprod: Tensor,
     out_channels: int | None = None,
     context: Mapping[str, Tensor] | None = None,
-    uncond_latent: Tensor | float | None = None,
-    guidance: float = 1.0,
-    guidance_interval: tuple[float, float] = FULL_INTERVAL,
-    eta: float = 0.0,
     generator: torch.Generator | None = None,
     batch_size: int = 1,
-    parameterization: Literal["v", "eps"] = "v",
     time_multiple: int = 1,
-    final_alpha: float | None = None,
-    sampler: str = "ddim",
     step_callback: Callable[[int, int], None] | None = None,
     chunk_callback: ProgressFn | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -67,15 +112,10 @@ def sample_chunked(
         denoiser: ``(x_t, t, cond) -> v | ε``; ``cond`` holds ``"concat"`` (the span of
             ``cond_latent``) and every key of ``context``.
         cond_latent: the per-file conditioning latent, chunked along dim 2.
+        settings: the sampler, its schedule and guidance (:class:`SamplingSettings`).
         chunk / overlap: span length and minimum overlap in latent frames.
-        timesteps / alphas_cumprod: see :func:`audiotool.engine.samplers.sample_ddim`.
         out_channels: channels of the generated latent (default: ``C``).
         context: per-item tensors ``(B, ...)`` reused for every span and step (not chunked).
-        uncond_latent: the ``"concat"`` value of the unconditional pass (a constant or a tensor
-            broadcastable to a span); None disables guidance. The context is kept in both passes.
-        guidance, guidance_interval, eta, parameterization, final_alpha: sampler settings
-            (:func:`audiotool.engine.samplers.sample_ddim`; η: DDIM only).
-        sampler: ``"ddim"``, ``"dpmpp-2m"`` or ``"unipc"`` (:mod:`audiotool.engine.samplers`).
         generator: seeds every span position's own generator (shared by the items).
         batch_size: spans per forward (halved on out-of-memory).
         time_multiple: spans shorter than ``chunk`` are padded (replicate) to a multiple of this
@@ -98,20 +138,12 @@ def sample_chunked(
         length,
         chunk=chunk,
         overlap=overlap,
-        timesteps=timesteps,
-        alphas_cumprod=alphas_cumprod,
         out_channels=out_channels or int(cond_latent.shape[1]),
+        settings=settings,
         context=context,
-        uncond_latent=uncond_latent,
-        guidance=guidance,
-        guidance_interval=guidance_interval,
-        eta=eta,
         generator=generator,
         batch_size=batch_size,
-        parameterization=parameterization,
         time_multiple=time_multiple,
-        final_alpha=final_alpha,
-        sampler=sampler,
         step_callback=step_callback,
         autocast_dtype=autocast_dtype,
         cuda_graphs=cuda_graphs,
@@ -140,6 +172,7 @@ class ChunkSampler:
 
     Attributes:
         spans: the planned spans along ``T``.
+        settings: the :class:`SamplingSettings` every span is sampled with.
     """
 
     def __init__(
@@ -150,29 +183,18 @@ class ChunkSampler:
         *,
         chunk: int,
         overlap: int,
-        timesteps: Tensor,
-        alphas_cumprod: Tensor,
         out_channels: int,
+        settings: SamplingSettings,
         context: Mapping[str, Tensor] | None = None,
-        uncond_latent: Tensor | float | None = None,
-        guidance: float = 1.0,
-        guidance_interval: tuple[float, float] = FULL_INTERVAL,
-        eta: float = 0.0,
         generator: torch.Generator | None = None,
         batch_size: int = 1,
-        parameterization: Literal["v", "eps"] = "v",
         time_multiple: int = 1,
-        final_alpha: float | None = None,
-        sampler: str = "ddim",
         step_callback: Callable[[int, int], None] | None = None,
         autocast_dtype: torch.dtype | None = None,
         cuda_graphs: bool = False,
         device: torch.device | str = "cpu",
     ) -> None:
-        if sampler not in SAMPLER_NAMES:
-            raise EngineError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
-        if sampler != "ddim" and eta > 0:
-            raise EngineError(f"eta > 0 is only supported by the ddim sampler, not {sampler!r}")
+        self.settings = settings
         self.ctx = dict(context or {})
         for k, v in self.ctx.items():
             if k == CONCAT or v.shape[0] not in (1, items):
@@ -190,11 +212,7 @@ class ChunkSampler:
         if pad_to < chunk and pad_to % time_multiple:
             pad_to += time_multiple - pad_to % time_multiple
         self.pad_to = pad_to
-        self.timesteps, self.alphas_cumprod = timesteps, alphas_cumprod
-        self.uncond_latent, self.guidance, self.eta = uncond_latent, guidance, eta
-        self.guidance_interval = check_interval(guidance_interval)
-        self.batch_size, self.parameterization = batch_size, parameterization
-        self.final_alpha, self.sampler, self.step_callback = final_alpha, sampler, step_callback
+        self.batch_size, self.step_callback = batch_size, step_callback
 
     def sample(
         self,
@@ -206,6 +224,7 @@ class ChunkSampler:
         """Sample the spans ``indices``: ``cond_of(span)`` gives the conditioning latent
         ``(B, C, span.length, F)`` of a span; returns ``(B, C_out, span.length, F)`` per span.
         The spans of every item go through the denoiser in mini-batches of ``batch_size``."""
+        st = self.settings
         order = list(indices)
         conds = {i: cond_of(self.spans[i]) for i in order}
         work = [(b, i) for b in range(self.items) for i in order]
@@ -231,29 +250,29 @@ class ChunkSampler:
                 idx = torch.tensor([b if v.shape[0] > 1 else 0 for b, _ in todo], device=v.device)
                 cond[k] = v.index_select(0, idx)
             uncond = None
-            if self.uncond_latent is not None and self.guidance != 1.0:
+            if st.uncond_latent is not None and st.guidance != 1.0:
                 u = (
-                    torch.full_like(concat, float(self.uncond_latent))
-                    if not isinstance(self.uncond_latent, Tensor)
-                    else self.uncond_latent.to(concat).expand_as(concat)
+                    torch.full_like(concat, float(st.uncond_latent))
+                    if not isinstance(st.uncond_latent, Tensor)
+                    else st.uncond_latent.to(concat).expand_as(concat)
                 )
                 uncond = {CONCAT: u, **{k: v for k, v in cond.items() if k != CONCAT}}
             step = self.step_callback
             cb = (lambda i, n, _x: step(i, n)) if step else None
             out = sample(
-                self.sampler,
+                st.sampler,
                 self.denoiser,
                 x,
-                self.timesteps,
-                self.alphas_cumprod,
+                st.timesteps,
+                st.alphas_cumprod,
                 cond=cond,
                 uncond=uncond,
-                guidance=self.guidance,
-                guidance_interval=self.guidance_interval,
-                eta=self.eta,
-                parameterization=self.parameterization,
+                guidance=st.guidance,
+                guidance_interval=st.guidance_interval,
+                eta=st.eta,
+                parameterization=st.parameterization,
                 generator=gens,
-                final_alpha=self.final_alpha,
+                final_alpha=st.final_alpha,
                 callback=cb,
             )
             return out[: stop - start]

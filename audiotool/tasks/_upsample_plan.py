@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -13,6 +13,7 @@ from audiotool.errors import UsageError
 from audiotool.progress import Progress
 
 if TYPE_CHECKING:
+    from audiotool.engine.diffusion import SamplingSettings
     from audiotool.models.latent_diffusion import LatentDiffusionConfig
     from audiotool.tasks.upsample import UpsampleOptions
 
@@ -37,6 +38,26 @@ class SamplingPlan:
     timesteps: Tensor
     chunk_s: float
     overlap_s: float
+
+    def settings(
+        self, *, uncond_latent: float, parameterization: Literal["v", "eps"]
+    ) -> SamplingSettings:
+        """The :class:`~audiotool.engine.diffusion.SamplingSettings` of this plan for a model
+        whose unconditional ``concat`` value is ``uncond_latent``
+        (:attr:`~audiotool.models.latent_diffusion.LatentDiffusion.uncond_value`) and which
+        predicts ``parameterization``."""
+        from audiotool.engine.diffusion import SamplingSettings
+
+        return SamplingSettings(
+            timesteps=self.timesteps,
+            alphas_cumprod=self.acp,
+            sampler=self.sampler,
+            guidance=self.guidance,
+            guidance_interval=self.guidance_interval,
+            eta=self.eta,
+            parameterization=parameterization,
+            uncond_latent=uncond_latent,
+        )
 
 
 def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> SamplingPlan:

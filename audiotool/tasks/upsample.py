@@ -224,8 +224,7 @@ def upsample_tensor(
         return UpsampleResult(fit_length(y.cpu(), out_len), cutoff, 0, generated=False)
 
     plan = sampling_plan(config, options)
-    sampler, steps, guidance, eta = plan.sampler, plan.steps, plan.guidance, plan.eta
-    acp, timesteps, chunk_s, overlap_s = plan.acp, plan.timesteps, plan.chunk_s, plan.overlap_s
+    chunk_s, overlap_s = plan.chunk_s, plan.overlap_s
     hop = config.hop
     fps = rate // hop
     multiple = model.frame_multiple
@@ -251,24 +250,19 @@ def upsample_tensor(
         lat_chunk, lat_overlap = chunk_frames // factor, overlap_frames // factor
         cond_latent = _encode_chunked(model, cond_mel, chunk_frames, overlap_frames)
         gen = torch.Generator().manual_seed(runtime.seed)
-        step_bar = StepBar(progress, steps)
+        step_bar = StepBar(progress, plan.steps)
         latent = sample_chunked(
             model.denoise,
             cond_latent,
+            plan.settings(
+                uncond_latent=model.uncond_value, parameterization=config.parameterization
+            ),
             chunk=lat_chunk,
             overlap=lat_overlap,
-            timesteps=timesteps,
-            alphas_cumprod=acp,
             out_channels=model.latent_channels,
             context=context,
-            uncond_latent=model.uncond_value,
-            guidance=guidance,
-            guidance_interval=plan.guidance_interval,
-            eta=eta,
             generator=gen,
             batch_size=runtime.batch_size,
-            parameterization=config.parameterization,
-            sampler=sampler,
             time_multiple=model.unet.time_multiple,
             step_callback=step_bar,
             chunk_callback=chunk_progress(progress),

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from audiotool.engine.diffusion import sample_chunked
+from audiotool.engine.diffusion import SamplingSettings, sample_chunked
 from audiotool.engine.schedules import cosine_alphas_cumprod, ddim_timesteps
 
 ACP = cosine_alphas_cumprod()
+#: 4 deterministic DDIM steps with guidance 2 (unconditional concat -11.5)
+GUIDED = SamplingSettings(ddim_timesteps(4), ACP, guidance=2.0, uncond_latent=-11.5)
 
 
 class CountingDenoiser:
@@ -28,24 +32,22 @@ class CountingDenoiser:
         return self.net(h) + cond["global"].view(-1, 1, 1, 1)
 
 
-def run(batch_size: int, **kw: object) -> tuple[Tensor, CountingDenoiser]:
+def run(batch_size: int, **kw: Any) -> tuple[Tensor, CountingDenoiser]:
+    """The guided DDIM (η = 1) run; ``kw`` overrides :class:`SamplingSettings` fields."""
     den = CountingDenoiser()
     cond = torch.randn(2, 2, 37, 4, generator=torch.Generator().manual_seed(5))
     ctx = {"global": torch.tensor([0.5, -0.5])}
+    settings = dataclasses.replace(GUIDED, **{"eta": 1.0, **kw})
     with torch.no_grad():
         out = sample_chunked(
             den,
             cond,
+            settings,
             chunk=16,
             overlap=4,
-            timesteps=ddim_timesteps(4),
-            alphas_cumprod=ACP,
             context=ctx,
-            uncond_latent=-11.5,
-            guidance=2.0,
             generator=torch.Generator().manual_seed(9),
             batch_size=batch_size,
-            **{"eta": 1.0, **kw},  # type: ignore[arg-type]
         )
     return out, den
 
@@ -76,13 +78,10 @@ def test_context_reaches_every_span_and_step() -> None:
         sample_chunked(
             den,
             latent,
+            dataclasses.replace(GUIDED, timesteps=ddim_timesteps(steps)),
             chunk=16,
             overlap=4,
-            timesteps=ddim_timesteps(steps),
-            alphas_cumprod=ACP,
             context={"global": torch.tensor([0.5, -0.5])},
-            uncond_latent=-11.5,
-            guidance=2.0,
             generator=torch.Generator().manual_seed(0),
             batch_size=2,
         )
@@ -107,14 +106,10 @@ def test_seed_changes_result_and_is_reproducible() -> None:
         other = sample_chunked(
             den,
             cond,
+            dataclasses.replace(GUIDED, eta=1.0),
             chunk=16,
             overlap=4,
-            timesteps=ddim_timesteps(4),
-            alphas_cumprod=ACP,
             context={"global": torch.tensor([0.5, -0.5])},
-            uncond_latent=-11.5,
-            guidance=2.0,
-            eta=1.0,
             generator=torch.Generator().manual_seed(10),
             batch_size=2,
         )
@@ -131,10 +126,9 @@ def test_short_input_padded_to_multiple() -> None:
     out = sample_chunked(
         den,
         torch.randn(1, 2, 5, 3),
+        SamplingSettings(ddim_timesteps(2), ACP),
         chunk=16,
         overlap=4,
-        timesteps=ddim_timesteps(2),
-        alphas_cumprod=ACP,
         time_multiple=8,
     )
     assert out.shape == (1, 2, 5, 3) and set(seen) == {8}
@@ -147,10 +141,9 @@ def test_bad_shapes() -> None:
         sample_chunked(
             lambda x, t, c: x,
             torch.randn(2, 5, 3),
+            SamplingSettings(ddim_timesteps(2), ACP),
             chunk=4,
             overlap=1,
-            timesteps=ddim_timesteps(2),
-            alphas_cumprod=ACP,
         )
 
 
@@ -189,3 +182,5 @@ def test_sampler_checked_up_front() -> None:
         run(1, eta=0.0, sampler="euler")
     with pytest.raises(EngineError, match="only supported by the ddim"):
         run(1, sampler="unipc")  # run() passes eta=1.0
+    with pytest.raises(EngineError, match="guidance interval"):
+        SamplingSettings(ddim_timesteps(2), ACP, guidance_interval=(0.9, 0.1))
