@@ -9,8 +9,9 @@ Per file (``shared/reference/audiosr.md`` "Pre-/Post-processing", with the fixes
    zero-phase low-pass at the cutoff gives the conditioning signal;
 3. its log-mel -> the global context (ONCE per file, from the whole file) and the
    conditioning latent;
-4. DDIM with classifier-free guidance over overlapping chunks, all chunks of all channels in
-   mini-batches (:func:`audiotool.engine.diffusion.sample_chunked`), crossfaded;
+4. the model's sampler (DDIM, DPM-Solver++(2M) or UniPC) with classifier-free guidance on the
+   noise levels of its guidance interval, over overlapping chunks, all chunks of all channels
+   in mini-batches (:func:`audiotool.engine.diffusion.sample_chunked`), crossfaded;
 5. decode + low mel bins taken from the input (crossfaded transition), vocode in chunks (the
    mel is mirror-extended at both file edges first: Griffin-Lim starting from zero phase turns
    an edge frame of a reflect-padded signal into a click);
@@ -24,7 +25,8 @@ Per file (``shared/reference/audiosr.md`` "Pre-/Post-processing", with the fixes
 
 Identical channels are processed once (dual-mono in, dual-mono out), and every chunk's noise
 depends on the seed and the chunk's position only, so the output does not depend on the batch
-size or on which channel a chunk belongs to.
+size or on which channel a chunk belongs to (on the CPU the denoiser also runs one chunk at a
+time: :meth:`~audiotool.models.latent_diffusion.LatentDiffusion.denoise`).
 
 Inputs longer than :func:`~audiotool.tasks._items.stream_seconds` take the streamed path of
 :mod:`audiotool.tasks.upsample_stream` (the same output, memory bounded by the chunk).
