@@ -83,8 +83,8 @@ StepsOpt = Annotated[
         "--steps",
         min=1,
         max=1000,
-        help="Sampler steps = denoiser forwards (default: the model's; upsample-tiny: 8, "
-        "AudioSR: 50).",
+        help="Sampler steps, one denoiser pass each (two where guided) (default: the model's; "
+        "upsample-tiny: 12, AudioSR: 50).",
         rich_help_panel=RUN,
     ),
 ]
