@@ -24,7 +24,8 @@ count and labelled so.
     python benchmarks/bench_upsample.py --device cuda --graphs-only   # eager vs CUDA graphs
 
 ``--graphs-only`` (CUDA): the batched path eager vs with the denoiser replayed from a CUDA
-graph (:mod:`audiotool.engine.cuda_graphs`), DPM-Solver++(2M) 16 steps guided throughout, for one 5.12 s chunk and for 30 s, tiny preset in fp32 and the full preset in bf16.
+graph (:mod:`audiotool.engine.cuda_graphs`), DPM-Solver++(2M) 16 steps guided throughout, for
+one 5.12 s chunk and for 30 s, tiny preset in fp32 and the full preset in bf16.
 """
 
 from __future__ import annotations
