@@ -1,6 +1,6 @@
 """``python -m audiotool`` == ``audiotool``."""
 
-from audiotool.cli.app import main
+from audiotool.cli.app import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -134,6 +134,7 @@ def eval_upsample(
     setup_logging(quiet=quiet)
     if input_rate not in (8000, 12000, 16000, 24000):
         raise UsageError(f"--input-rate must be 8000, 12000, 16000 or 24000, got {input_rate}")
+    interval = parse_interval(guidance_interval)
     systems = {}
     if not no_model:
         from audiotool.tasks.common import load_task_model
@@ -146,7 +147,7 @@ def eval_upsample(
             sampler=sampler.value if sampler else None,
             spacing=spacing.value if spacing else None,
             guidance=guidance,
-            guidance_interval=parse_interval(guidance_interval),
+            guidance_interval=interval,
             cutoff=0.95 * input_rate / 2,
         )
 

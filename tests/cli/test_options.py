@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
-from audiotool.cli.app import app
+from audiotool.cli.app import app, main
 
 runner = CliRunner()
 COMPUTE = [
@@ -48,3 +51,22 @@ def test_device_accepts_cuda_index_and_refuses_nonsense() -> None:
     # cuda:N passes the parser: what stops it here is a missing GPU (or a missing input)
     result = runner.invoke(app, ["embed", "x.wav", "--device", "cuda:1", "--json"])
     assert "Invalid value" not in result.output
+
+
+@pytest.mark.parametrize("value", ["0.9,0.1", "1.2,1", "-0.1,1", "x,1", "0.5"])
+def test_guidance_interval_is_a_one_line_usage_error(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.zeros(1600, dtype="float32"), 16000)
+    out = tmp_path / "out.wav"
+    for argv in (
+        ["upsample", str(wav), "-o", str(out), "--guidance-interval", value],
+        ["eval", "upsample", "--data", str(tmp_path), "--guidance-interval", value],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "--guidance-interval" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
