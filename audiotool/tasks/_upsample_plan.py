@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from audiotool.errors import UsageError
+from audiotool.errors import EngineError, UsageError
 from audiotool.progress import Progress
 
 if TYPE_CHECKING:
@@ -67,17 +67,16 @@ def sampling_plan(config: LatentDiffusionConfig, options: UpsampleOptions) -> Sa
         UsageError: ``--eta`` with an ODE sampler, a guidance interval outside [0, 1], or an
             overlap not below the chunk.
     """
+    from audiotool.engine.samplers import check_interval
     from audiotool.engine.schedules import cosine_alphas_cumprod, sampler_timesteps
 
     sampler = options.sampler or config.default_sampler
     steps = options.steps or config.default_steps
     guidance = config.default_guidance if options.guidance is None else options.guidance
-    interval = options.guidance_interval or config.default_guidance_interval
-    lo, hi = interval
-    if not 0 <= lo <= hi <= 1:
-        raise UsageError(
-            f"--guidance-interval needs 0 <= LO <= HI <= 1 (noise levels), got {lo:g},{hi:g}"
-        )
+    try:
+        lo, hi = check_interval(options.guidance_interval or config.default_guidance_interval)
+    except EngineError as exc:
+        raise UsageError(f"--guidance-interval: {exc}") from None
     eta = config.default_eta if options.eta is None else options.eta
     if sampler != "ddim":
         if options.eta:
