@@ -91,7 +91,6 @@ def guided_model(
     cond: Mapping[str, Tensor],
     uncond: Mapping[str, Tensor] | None,
     guidance: float,
-    *,
     interval: tuple[float, float] = FULL_INTERVAL,
     num_train_steps: int = 1000,
 ) -> GuidedModel:
@@ -169,14 +168,7 @@ def sample_ddim(
     steps = [int(t) for t in timesteps]
     n = len(steps)
     x = x.float()
-    model = guided_model(
-        denoiser,
-        cond,
-        uncond,
-        guidance,
-        interval=guidance_interval,
-        num_train_steps=len(alphas_cumprod),
-    )
+    model = guided_model(denoiser, cond, uncond, guidance, guidance_interval, len(alphas_cumprod))
     for i, t in enumerate(steps):
         a_t = acp[t]
         if i + 1 < n:
@@ -270,14 +262,7 @@ def sample_dpmpp_2m(
     steps, abars = _ode_grid(timesteps, alphas_cumprod, final_alpha)
     n = len(steps)
     x = x.float()
-    model = guided_model(
-        denoiser,
-        cond,
-        uncond,
-        guidance,
-        interval=guidance_interval,
-        num_train_steps=len(alphas_cumprod),
-    )
+    model = guided_model(denoiser, cond, uncond, guidance, guidance_interval, len(alphas_cumprod))
     prev_x0: Tensor | None = None
     h_prev = 0.0
     for i, t in enumerate(steps):
@@ -332,14 +317,7 @@ def sample_unipc(
     lams = [_log_snr(a) for a in abars]
     n = len(steps)
     x = x.float()
-    model = guided_model(
-        denoiser,
-        cond,
-        uncond,
-        guidance,
-        interval=guidance_interval,
-        num_train_steps=len(alphas_cumprod),
-    )
+    model = guided_model(denoiser, cond, uncond, guidance, guidance_interval, len(alphas_cumprod))
     hist: list[tuple[float, Tensor]] = []  # (λ, x̂₀) of the last two nodes
     last_x: Tensor | None = None  # the node the previous predictor started from
     last_order = 1
