@@ -10,7 +10,7 @@ import torch
 
 from audiotool.engine.lockstep import Windowed, lockstep, pulled
 from audiotool.errors import EngineError
-from audiotool.tasks.separate import combine_stems
+from audiotool.tasks.separate_ensemble import combine_stems
 
 
 def _producer(x: torch.Tensor, sizes: list[int]) -> Callable[[Callable[..., None]], None]:

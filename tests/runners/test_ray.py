@@ -33,10 +33,10 @@ from audiotool.tasks.separate import (  # noqa: E402
     DEFAULT_TEMPLATE,
     SeparateOptions,
     check_options,
-    resolve_separators,
     separate_files,
     start_separator,
 )
+from audiotool.tasks.separate_ensemble import resolve_separators  # noqa: E402
 
 pytestmark = pytest.mark.slow
 OPTIONS = SeparateOptions(stems=("vocals", "drums"))

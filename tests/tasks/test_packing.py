@@ -227,7 +227,8 @@ def test_separate_per_file_query_is_carried_by_each_chunk(
 
 def test_unpackable_schemes_keep_the_per_file_path(separate_dir: Path) -> None:
     from audiotool.tasks._packing import Packing
-    from audiotool.tasks.separate import SeparateOptions, resolve_separators, start_separator
+    from audiotool.tasks.separate import SeparateOptions, start_separator
+    from audiotool.tasks.separate_ensemble import resolve_separators
 
     members, common = resolve_separators(
         str(separate_dir), revision=None, options=SeparateOptions()

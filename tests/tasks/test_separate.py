@@ -15,14 +15,9 @@ from torch import Tensor, nn
 from audiotool.checkpoints import save_pretrained
 from audiotool.errors import UsageError
 from audiotool.models.separation import BandSplitConfig, build_model, tiny_config
+from audiotool.tasks._separate_plan import chunk_plan, residual_name
 from audiotool.tasks.common import Runtime
-from audiotool.tasks.separate import (
-    SeparateOptions,
-    choose_stems,
-    chunk_plan,
-    residual_name,
-    separate_tensor,
-)
+from audiotool.tasks.separate import SeparateOptions, choose_stems, separate_tensor
 from tests.cli.test_app import run_main
 
 RT = Runtime(device=torch.device("cpu"), dtype=None, batch_size=3, seed=0)
