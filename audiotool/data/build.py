@@ -230,6 +230,41 @@ def build_upsample(
     return manifest
 
 
+def _vocal_stem(
+    rng: np.random.Generator,
+    speech: dict[str, list[tuple[Path, np.ndarray, int, float]]],
+    langs: list[str],
+    seconds: float,
+    total: int,
+    rate: int,
+) -> tuple[np.ndarray, str, list[tuple[Path, np.ndarray, int, float]]]:
+    """A stereo ``(2, total)`` float32 vocal stem: a language drawn from ``langs``, up to 12 of
+    its clips in random order joined (random gap) to ``seconds * 2``, resampled to ``rate``,
+    cropped or zero-padded to ``total`` samples. Returns ``(vocals, lang, picks)``.
+
+    Draws from ``rng`` in a fixed order (language, permutation, gap): seeded builds depend on it.
+    """
+    lang = langs[int(rng.integers(0, len(langs)))]
+    items = speech[lang]
+    picks = [items[int(j)] for j in rng.permutation(len(items))[:12]]
+    voice = _resample(
+        _join([p[1] for p in picks], picks[0][2], seconds * 2, gap=float(rng.uniform(0.2, 0.8))),
+        picks[0][2],
+        rate,
+    )
+    voice = np.pad(voice[:total], (0, max(0, total - len(voice))))
+    return np.stack([voice, voice]).astype(np.float32), lang, picks
+
+
+def _mix(stems: dict[str, np.ndarray]) -> np.ndarray:
+    """The mixture: the stems summed one after another, in the dict's order (not ``np.sum``,
+    whose pairwise summation can round differently)."""
+    mixture = np.zeros_like(stems["bass"])
+    for v in stems.values():
+        mixture = mixture + v
+    return mixture
+
+
 def build_separate(
     sources_dir: Path,
     out_dir: Path,
@@ -250,23 +285,9 @@ def build_separate(
         langs = [lg for lg in sorted(speech) if (lg in VAL_LANGS) == (split == "val")]
         song_seed = int(rng.integers(0, 2**31))
         stems = render_song(sf2, song_seed, clip_seconds)
-        lang = langs[int(rng.integers(0, len(langs)))]
-        items = speech[lang]
-        picks = [items[int(j)] for j in rng.permutation(len(items))[:12]]
-        voice = _resample(
-            _join(
-                [p[1] for p in picks],
-                picks[0][2],
-                clip_seconds * 2,
-                gap=float(rng.uniform(0.2, 0.8)),
-            ),
-            picks[0][2],
-            RATE,
+        vocals, lang, picks = _vocal_stem(
+            rng, speech, langs, clip_seconds, stems["bass"].shape[1], RATE
         )
-        total = stems["bass"].shape[1]
-        voice = voice[:total]
-        voice = np.pad(voice, (0, total - len(voice)))
-        vocals = np.stack([voice, voice]).astype(np.float32)
         gains = {
             "vocals": rng.uniform(0.5, 1.0),
             "bass": rng.uniform(0.4, 0.8),
@@ -277,9 +298,7 @@ def build_separate(
         scaled = {
             k: (_peak(v, 1.0) * gains[k] * 0.25).astype(np.float32) for k, v in all_stems.items()
         }
-        mixture = np.zeros_like(scaled["bass"])
-        for v in scaled.values():
-            mixture = mixture + v
+        mixture = _mix(scaled)
         w = _Writer(out_dir, manifest)
         song = f"{split}/song_{i:03d}"
         meta = {"song_seed": song_seed, "vocals_language": lang}
@@ -524,19 +543,7 @@ def build_separate_families(
             synths,
         )
         langs = [lg for lg in sorted(speech) if (lg in VAL_LANGS) == (split == "val")]
-        lang = langs[int(rng.integers(0, len(langs)))]
-        items = speech[lang]
-        picks = [items[int(j)] for j in rng.permutation(len(items))[:12]]
-        voice = _resample(
-            _join(
-                [p[1] for p in picks], picks[0][2], seconds * 2, gap=float(rng.uniform(0.2, 0.8))
-            ),
-            picks[0][2],
-            RATE,
-        )
-        total = bass.shape[1]
-        voice = np.pad(voice[:total], (0, max(0, total - len(voice))))
-        vocals = np.stack([voice, voice]).astype(np.float32)
+        vocals, lang, picks = _vocal_stem(rng, speech, langs, seconds, bass.shape[1], RATE)
         raw = {"vocals": vocals, "drums": drums, "bass": bass, "other": other}
         # loudness-balanced stems (RMS, each -6..0 dB around a common level), so that no stem is
         # systematically buried; one common gain then keeps the mixture's peak below 0.95
@@ -545,17 +552,13 @@ def build_separate_families(
             rms = float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
             level = 0.05 * 10 ** (rng.uniform(-6.0, 0.0) / 20)
             scaled[k] = (v * (level / rms if rms > 1e-8 else 0.0)).astype(np.float32)
-        mixture = np.zeros_like(scaled["bass"])
-        for v in scaled.values():
-            mixture = mixture + v
+        mixture = _mix(scaled)
         peak = float(np.abs(mixture).max())
         if peak > 0.95:
             scaled = {
                 k: (v * np.float32(0.95 / peak)).astype(np.float32) for k, v in scaled.items()
             }
-            mixture = np.zeros_like(scaled["bass"])
-            for v in scaled.values():
-                mixture = mixture + v
+            mixture = _mix(scaled)
         n = counters[family]
         counters[family] += 1
         song = f"{split}/{family}_{n:03d}" if split == "val" else f"train/song_{n:04d}"
