@@ -101,10 +101,15 @@ class AudioSRMel(nn.Module):
         )
         return spec.abs()
 
+    def from_magnitude(self, magnitude: Tensor) -> Tensor:
+        """:meth:`stft_magnitude`'s ``(B, n_fft/2+1, N)`` -> log-mel ``(B, N, F)`` (for callers
+        that also need the magnitude, so the STFT runs once)."""
+        mel = torch.matmul(self.basis, magnitude)
+        return torch.log(mel.clamp(min=1e-5)).transpose(1, 2)
+
     def forward(self, wave: Tensor) -> Tensor:
         """``(B, T)`` or ``(B, 1, T)`` waveform -> log-mel ``(B, N, F)``."""
-        mel = torch.matmul(self.basis, self.stft_magnitude(wave))
-        return torch.log(mel.clamp(min=1e-5)).transpose(1, 2)
+        return self.from_magnitude(self.stft_magnitude(wave))
 
     def frames(self, samples: int) -> int:
         """Number of frames for ``samples`` input samples."""

@@ -202,7 +202,8 @@ class UpsampleAdapter(AdapterBase):
         cutoff = 0.95 * in_rate / 2
         cond = lowpass(degraded, sr, cutoff)
         target_mel = model.mel(window[:, off : off + clip])
-        cond_mel_full = model.mel(cond)
+        cond_mag = model.mel.stft_magnitude(cond)  # once: the mel and the level bound use it
+        cond_mel_full = model.mel.from_magnitude(cond_mag)
         f0, n = off // hop, clip // hop
         item = {
             "target_mel": target_mel[0, :n],
@@ -210,7 +211,9 @@ class UpsampleAdapter(AdapterBase):
             "context_mel": cond_mel_full[0],
         }
         if self.level_bound_weight > 0:
-            energy, mask = level_bound_target(model, cond, cutoff, f_min=self.f_min)
+            energy, mask = level_bound_target(
+                model, cond, cutoff, f_min=self.f_min, magnitude=cond_mag
+            )
             item["bound_energy"] = energy[0, f0 : f0 + n]
             item["bound_mask"] = mask
         return item
@@ -266,7 +269,12 @@ class UpsampleAdapter(AdapterBase):
 
 
 def level_bound_target(
-    model: LatentDiffusion, cond: Tensor, cutoff_hz: float, *, f_min: float
+    model: LatentDiffusion,
+    cond: Tensor,
+    cutoff_hz: float,
+    *,
+    f_min: float,
+    magnitude: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The per-frame high-band ceiling of :func:`~audiotool.models.latent_diffusion.
     level_bound_penalty` for a condition waveform ``(1, T)`` low-passed at ``cutoff_hz``.
@@ -275,12 +283,13 @@ def level_bound_target(
     above ``cutoff - transition`` (the transition of :func:`audiotool.dsp.split_bands`), taken
     through the model's mel filterbank (lowest band edge ``f_min``) as magnitudes; returns the
     energy ``Σ_m mel_m²`` over the mel bins above the cutoff ``(1, N)`` and those bins' mask
-    ``(M,)``.
+    ``(M,)``. ``magnitude``: the condition's ``model.mel.stft_magnitude`` if the caller already
+    has it (it is then not recomputed from ``cond``).
     """
     from audiotool.dsp import mel_bin_for_frequency, predicted_band_power
 
     mel = model.mel
-    mag = mel.stft_magnitude(cond)  # (1, K, N)
+    mag = mel.stft_magnitude(cond) if magnitude is None else magnitude  # (1, K, N)
     freqs = torch.arange(mag.shape[1], device=mag.device) * (mel.sample_rate / mel.n_fft)
     top = cutoff_hz - min(0.1 * cutoff_hz, 1000.0)
     allowed = predicted_band_power(mag, freqs, top)  # power per bin (1, K, N)
