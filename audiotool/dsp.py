@@ -314,6 +314,12 @@ def replace_low_band(
     return kept + gen
 
 
+def default_transition_hz(cutoff_hz: float) -> float:
+    """:func:`split_bands`' crossfade width when none is given: 10 % of the cutoff, at most
+    1 kHz (the kept band is whole below ``cutoff_hz - default_transition_hz(cutoff_hz)``)."""
+    return min(0.1 * cutoff_hz, 1000.0)
+
+
 def split_bands(
     generated: Tensor,
     reference: Tensor,
@@ -352,7 +358,7 @@ def split_bands(
     if cutoff_hz >= nyquist:
         return ref.clone(), torch.zeros_like(ref)
     if transition_hz is None:
-        transition_hz = min(0.1 * cutoff_hz, 1000.0)
+        transition_hz = default_transition_hz(cutoff_hz)
     if length < n_fft:  # too short for a spectral crossfade: a plain zero-phase split
         low = lowpass(ref, sample_rate, cutoff_hz)
         return low, gen - lowpass(gen, sample_rate, cutoff_hz)

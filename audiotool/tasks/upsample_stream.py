@@ -419,14 +419,14 @@ def _finish(
 ) -> float:
     """Step 5: band split, resampling, limiter and writing; returns the limiter's depth (dB)."""
     from audiotool.audio import fit_length
-    from audiotool.dsp import split_bands
+    from audiotool.dsp import default_transition_hz, split_bands
     from audiotool.stream import AudioSource, StreamResampler
 
     t48 = x48.length
     out_rate = options.output_rate
     transition = options.transition_hz
     if transition is None:
-        transition = min(0.1 * cutoff, 1000.0)
+        transition = default_transition_hz(cutoff)
     with AudioSource(side) as gen_file:
         stats = _band_stats(x48, gen_file.read, t48, rate, cutoff, transition)
         back_k = StreamResampler(t48, rate, out_rate)

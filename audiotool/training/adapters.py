@@ -286,12 +286,12 @@ def level_bound_target(
     ``(M,)``. ``magnitude``: the condition's ``model.mel.stft_magnitude`` if the caller already
     has it (it is then not recomputed from ``cond``).
     """
-    from audiotool.dsp import mel_bin_for_frequency, predicted_band_power
+    from audiotool.dsp import default_transition_hz, mel_bin_for_frequency, predicted_band_power
 
     mel = model.mel
     mag = mel.stft_magnitude(cond) if magnitude is None else magnitude  # (1, K, N)
     freqs = torch.arange(mag.shape[1], device=mag.device) * (mel.sample_rate / mel.n_fft)
-    top = cutoff_hz - min(0.1 * cutoff_hz, 1000.0)
+    top = cutoff_hz - default_transition_hz(cutoff_hz)
     allowed = predicted_band_power(mag, freqs, top)  # power per bin (1, K, N)
     allowed_mel = torch.matmul(mel.basis, allowed.sqrt())  # (1, M, N)
     cut = mel_bin_for_frequency(
