@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -199,23 +200,37 @@ def lowpass_power_response(
         outside = torch.cosh(order * torch.acosh(warped.clamp(min=1.0)))
         cheb = torch.where(warped <= 1.0, inside, outside)
         return 1.0 / (1.0 + eps2 * cheb.pow(2))
+    from scipy import signal
+
+    z, p, k = _scipy_zpk(kind, order, wn)
+    _, h = signal.freqz_zpk(z, p, k, worN=omega.detach().cpu().numpy())
+    return torch.from_numpy(np.abs(h) ** 2).to(omega)
+
+
+@functools.lru_cache(maxsize=256)
+def _scipy_zpk(kind: str, order: int, wn: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Zeros, poles and gain of :func:`lowpass`'s elliptic or Bessel digital filter, designed
+    once per ``(kind, order, wn)``; the arrays are read-only (they are shared by every caller)."""
     from scipy import signal  # elliptic / Bessel only: their designs need special functions
 
     if kind == "ellip":
         z, p, k = signal.ellip(order, _CHEBY_RIPPLE_DB, 60, wn, output="zpk")
     else:
         z, p, k = signal.bessel(order, wn, output="zpk", norm="mag")
-    _, h = signal.freqz_zpk(z, p, k, worN=omega.detach().cpu().numpy())
-    return torch.from_numpy(np.abs(h) ** 2).to(omega)
+    z.setflags(write=False)
+    p.setflags(write=False)
+    return z, p, k
 
 
 #: passband ripple of the Chebyshev-I and elliptic low-passes (dB), AudioSR's setting
 _CHEBY_RIPPLE_DB = 0.1
 
 
+@functools.lru_cache(maxsize=256)
 def _response_length(kind: str, order: int, wn: float) -> int:
     """Samples after which the forward-backward response of :func:`lowpass`'s filter has
-    decayed below ~1e-12 of its peak, from its largest digital pole radius (capped at 2^20)."""
+    decayed below ~1e-12 of its peak, from its largest digital pole radius (capped at 2^20).
+    Cached: it depends only on the design."""
     if kind in ("butter", "cheby1"):
         k = torch.arange(1, order + 1, dtype=torch.float64)
         theta = math.pi * (2 * k - 1) / (2 * order)
@@ -228,12 +243,7 @@ def _response_length(kind: str, order: int, wn: float) -> int:
         analog = analog * 4 * math.tan(math.pi * wn / 2)  # prewarped cutoff, fs = 2
         radius = float(((4 + analog) / (4 - analog)).abs().max())
     else:
-        from scipy import signal
-
-        design = signal.ellip if kind == "ellip" else signal.bessel
-        args = (order, _CHEBY_RIPPLE_DB, 60, wn) if kind == "ellip" else (order, wn)
-        extra = {} if kind == "ellip" else {"norm": "mag"}
-        _, poles, _ = design(*args, output="zpk", **extra)
+        _, poles, _ = _scipy_zpk(kind, order, wn)
         radius = float(np.abs(poles).max())
     if radius >= 1.0:
         return 1 << 20
