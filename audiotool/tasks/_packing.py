@@ -189,6 +189,9 @@ class _Pending:
     audio: AudioData
     work: FileWork
     seconds: float
+    #: the jobs' common :func:`~audiotool.engine.packing.pack_key`; None: they differ (or
+    #: there are none), the file runs alone
+    key: Hashable | None
 
 
 def _run_packed(
@@ -254,13 +257,13 @@ class _PackedLoop:
             yield from self.fail(index, item, entry.error)
             return
         try:
-            pending, key = _plan(index, entry, self.packing, prepared_ahead=self.prepare_ahead)
+            pending = _plan(index, entry, self.packing, prepared_ahead=self.prepare_ahead)
         except UsageError:
             raise
         except Exception as exc:
             yield from self.fail(index, item, exc)
             return
-        n = sum(j.n_chunks for j in pending.work.jobs)
+        n, key = sum(j.n_chunks for j in pending.work.jobs), pending.key
         if key is None or n >= bs or key != self.key:
             yield from self.flush()
             if self.stopped:
@@ -303,11 +306,9 @@ class _PackedLoop:
         self.stopped = self.output.fail_fast
 
 
-def _plan(
-    index: int, entry: Prefetched, packing: Packing, *, prepared_ahead: bool
-) -> tuple[_Pending, Hashable | None]:
+def _plan(index: int, entry: Prefetched, packing: Packing, *, prepared_ahead: bool) -> _Pending:
     """The file's :class:`FileWork` and its pack key (None: its jobs cannot share a forward
-    with each other, so it runs alone)."""
+    with each other, so it runs alone), computed here once."""
     from audiotool.engine.packing import pack_key
 
     item, audio = entry.item, entry.audio
@@ -317,7 +318,7 @@ def _plan(
     work = packing.plan(item, audio, prepared)
     keys = {pack_key(j) for j in work.jobs}
     key = keys.pop() if len(keys) == 1 else None
-    return _Pending(index, item, audio, work, time.perf_counter() - t0), key
+    return _Pending(index, item, audio, work, time.perf_counter() - t0, key)
 
 
 def _run_pack(
@@ -330,14 +331,14 @@ def _run_pack(
     """The forwards of a pack, then each file finished and written on its own."""
     import torch
 
-    from audiotool.engine.packing import pack_key, run_packed
+    from audiotool.engine.packing import run_packed
     from audiotool.progress import chunk_progress
 
     t0 = time.perf_counter()
     error: BaseException | None = None
     jobs = [j for p in pack for j in p.work.jobs]
     groups: list[list[ChunkJob]] = [jobs]
-    if len(pack) == 1 and len({pack_key(j) for j in jobs}) > 1:
+    if len(pack) == 1 and pack[0].key is None and jobs:
         groups = [[j] for j in jobs]  # one file whose signals differ in shape
     try:
         with torch.inference_mode():
@@ -348,6 +349,7 @@ def _run_pack(
                     packing.batch_size,
                     dtype=packing.dtype,
                     progress=chunk_progress(packing.progress),
+                    check=False,  # the keys were compared when the pack was made (_plan)
                 )
     except UsageError:
         raise
