@@ -104,6 +104,17 @@ def reconstruct_tensor(
     )
 
 
+def packable(model: RoundTripModel) -> bool:
+    """Whether short files through ``model`` can share forward passes
+    (:mod:`audiotool.tasks._packing`): the waveform codec, not the RAE. oneDNN picks another
+    convolution algorithm for another batch size, and the RAE's Griffin-Lim turns those
+    last-bit differences into ~-55 dB ones (the codec stays within 2 LSB at 24 bits,
+    ``tests/tasks/test_packing.py``)."""
+    from audiotool.models.rae import AudioRAE
+
+    return not isinstance(model, AudioRAE)
+
+
 class RoundTrip:
     """The chunk model of a round trip: ``(N, C, L) -> (N, C, L)``, every channel of every
     chunk through ``model`` as one row."""
@@ -249,10 +260,7 @@ def start_reconstructor(
 
     # --latents keeps the whole file's latents (model.encode of the whole signal): in memory
     per_file = process if latents is not None else Streaming(process, stream)
-    if isinstance(net, AudioRAE):
-        # not packed: oneDNN picks another convolution algorithm for another batch size, and
-        # the RAE's Griffin-Lim turns those last-bit differences into ~-55 dB ones (the codec
-        # stays within 2 LSB at 24 bits, tests/tasks/test_packing.py)
+    if not packable(net):
         return per_file
     return Packing(
         per_file, prepare_input, plan, RoundTrip(net), rt.batch_size, rt.device, rt.dtype, progress
