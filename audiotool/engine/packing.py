@@ -81,6 +81,7 @@ def run_packed(
     *,
     dtype: torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    check: bool = True,
 ) -> None:
     """Run the chunks of every job through ``model``, ``batch_size`` chunks per forward across
     job boundaries, and give each job its outputs (see the module docstring).
@@ -94,15 +95,18 @@ def run_packed(
         batch_size: chunks per forward at first (halved on out-of-memory).
         dtype: autocast dtype (bf16 / fp16); None: the model's own.
         progress: ``(chunks done, chunks total)`` over all jobs.
+        check: compare the jobs' :func:`pack_key` first (each cuts a chunk); False for a
+            caller that already did.
 
     Raises:
-        EngineError: jobs that cannot share a forward (different :func:`pack_key`).
+        EngineError: jobs that cannot share a forward (different :func:`pack_key`; only
+            with ``check``).
         DeviceOutOfMemoryError: memory ran out with one chunk per forward.
     """
     jobs = [j for j in jobs if j.n_chunks > 0]
     if not jobs:
         return
-    keys = {pack_key(j) for j in jobs} if len(jobs) > 1 else set()
+    keys = {pack_key(j) for j in jobs} if check and len(jobs) > 1 else set()
     if len(keys) > 1:
         raise EngineError("these signals cannot share a forward pass (different chunk shapes)")
     starts = [0]

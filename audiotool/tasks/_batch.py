@@ -338,7 +338,7 @@ def execute(
         for i, item in enumerate(items):
             yield i, run_one(item, single, output=output, protect=protect)
 
-    runner = local_runner(process, output=output, protect=protect) or run_here
+    runner = local_runner(process, output=output, protect=protect, plain=run_here) or run_here
     return drive(plan, runner, output=output, progress=progress, on_result=on_result)
 
 

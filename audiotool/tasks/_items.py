@@ -217,7 +217,9 @@ def run_item(
 
     Args:
         read: how the input is read (default :func:`audiotool.audio.read_audio`; the local
-            driver passes the audio it read ahead, :mod:`audiotool.tasks._prefetch`).
+            driver passes the audio it read ahead, :mod:`audiotool.tasks._prefetch`). Only
+            for inputs known short (:func:`is_long` False): with it, a :class:`Streaming`
+            process is not asked whether to stream (no second header read).
 
     Raises:
         AudiotoolError: the file failed (the batch records it); UsageError stops the batch.
@@ -235,7 +237,9 @@ def run_item(
             details={"resumed": True} if item.resumed else {},
         )
     token = current_input.set(str(item.input))
-    source = _long_input(item.input) if isinstance(process, Streaming) else None
+    # an input given by ``read`` was read ahead: the read-ahead found it short (is_long)
+    streams = isinstance(process, Streaming) and read is None
+    source = _long_input(item.input) if streams else None
     try:
         if source is not None:
             assert isinstance(process, Streaming)
@@ -254,21 +258,23 @@ def run_item(
     )
 
 
-def _long_input(path: Path) -> AudioSource | None:
-    """``path`` opened for streaming when its header says it is longer than
-    :func:`stream_seconds`; None otherwise (or when the header is unreadable: the in-memory
-    path reports that)."""
+def is_long(path: Path) -> bool:
+    """Whether the header says ``path`` is longer than :func:`stream_seconds` (unreadable
+    headers: False, the in-memory reader reports them)."""
     import soundfile as sf
-
-    from audiotool.stream import AudioSource
 
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
-        return None
-    if not info.samplerate or info.frames / info.samplerate <= stream_seconds():
-        return None
-    return AudioSource(path)
+        return False
+    return bool(info.samplerate) and info.frames / info.samplerate > stream_seconds()
+
+
+def _long_input(path: Path) -> AudioSource | None:
+    """``path`` opened for streaming when :func:`is_long`; None otherwise."""
+    from audiotool.stream import AudioSource
+
+    return AudioSource(path) if is_long(path) else None
 
 
 def _write_streamed(

@@ -133,27 +133,29 @@ def _spare_core() -> bool:
 
 
 def local_runner(
-    process: ProcessFn, *, output: OutputOptions, protect: Sequence[Path]
+    process: ProcessFn, *, output: OutputOptions, protect: Sequence[Path], plain: Runner
 ) -> Runner | None:
     """The runner of a local batch with read-ahead (and packing for a :class:`Packing`);
-    None when ``AUDIOTOOL_PACK=0`` (the caller runs the plain loop)."""
+    None when ``AUDIOTOOL_PACK=0`` or when neither helps (the caller runs ``plain``, its
+    file-by-file loop, which also runs batches with fewer than two inputs to process)."""
     if not enabled():
         return None
+    spare = False  # torch's threads leave a core for the read-ahead (asked once, CPU only)
+    if isinstance(process, Packing) and process.device.type == "cpu":
+        spare = _spare_core()
+        if process.batch_size <= 1 and not spare:
+            # nothing to pack and no core for the read-ahead: the plain loop (measured faster
+            # on 2 cores with 2 torch threads: the read-ahead's bookkeeping cost ~8%)
+            return None
 
     def run(items: Sequence[WorkItem]) -> Iterator[tuple[int, FileResult]]:
         todo = [i for i in items if not i.skip and i.error is None]
         if len(todo) < 2:  # nothing to overlap
-            for i, item in enumerate(items):
-                yield i, run_one(item, per_file(process), output=output, protect=protect)
-            return
-        if isinstance(process, Packing):
-            if process.batch_size <= 1 and process.device.type == "cpu" and not _spare_core():
-                # nothing to pack and no core for the read-ahead: the plain loop (measured
-                # faster on 2 cores with 2 torch threads: the read-ahead's bookkeeping cost ~8%)
-                for i, item in enumerate(items):
-                    yield i, run_one(item, per_file(process), output=output, protect=protect)
-                return
-            yield from _run_packed(items, todo, process, output=output, protect=protect)
+            yield from plain(items)
+        elif isinstance(process, Packing):
+            yield from _run_packed(
+                items, todo, process, output=output, protect=protect, prepare_ahead=spare
+            )
         else:
             yield from _run_ahead(items, todo, process, output=output, protect=protect)
 
@@ -189,6 +191,9 @@ class _Pending:
     audio: AudioData
     work: FileWork
     seconds: float
+    #: the jobs' common :func:`~audiotool.engine.packing.pack_key`; None: they differ (or
+    #: there are none), the file runs alone
+    key: Hashable | None
 
 
 def _run_packed(
@@ -198,9 +203,10 @@ def _run_packed(
     *,
     output: OutputOptions,
     protect: Sequence[Path],
+    prepare_ahead: bool,
 ) -> Iterator[tuple[int, FileResult]]:
-    """See the module docstring."""
-    loop = _PackedLoop(packing, output=output, protect=protect)
+    """See the module docstring (``prepare_ahead``: see :class:`_PackedLoop`)."""
+    loop = _PackedLoop(packing, output=output, protect=protect, prepare_ahead=prepare_ahead)
     with Prefetcher(todo, packing.prepare if loop.prepare_ahead else None) as fetch:
         for i, item in enumerate(items):
             if loop.stopped:
@@ -222,12 +228,20 @@ class _PackedLoop:
     (``ready``: a result waits there until every earlier input's is out, so results and
     manifest rows keep input order; each is handed out as soon as it can be)."""
 
-    def __init__(self, packing: Packing, *, output: OutputOptions, protect: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        packing: Packing,
+        *,
+        output: OutputOptions,
+        protect: Sequence[Path],
+        prepare_ahead: bool,
+    ) -> None:
         self.packing, self.output, self.protect = packing, output, protect
-        # the CPU part (resampling) runs on the read-ahead thread only where a core is spare:
-        # with torch's threads on every core it competes with the model (measured on 2 cores,
-        # 2 threads: embed 0.85x, reconstruct 0.88x of the plain loop; 1 thread: 1.15x / 1.09x)
-        self.prepare_ahead = packing.device.type == "cpu" and _spare_core()
+        # the CPU part (resampling) runs on the read-ahead thread only where a core is spare
+        # (a model on the CPU, :func:`_spare_core`): with torch's threads on every core it
+        # competes with the model (measured on 2 cores, 2 threads: embed 0.85x, reconstruct
+        # 0.88x of the plain loop; 1 thread: 1.15x / 1.09x)
+        self.prepare_ahead = prepare_ahead
         self.ready: dict[int, FileResult] = {}
         self.next = 0
         self.pack: list[_Pending] = []
@@ -254,13 +268,13 @@ class _PackedLoop:
             yield from self.fail(index, item, entry.error)
             return
         try:
-            pending, key = _plan(index, entry, self.packing, prepared_ahead=self.prepare_ahead)
+            pending = _plan(index, entry, self.packing, prepared_ahead=self.prepare_ahead)
         except UsageError:
             raise
         except Exception as exc:
             yield from self.fail(index, item, exc)
             return
-        n = sum(j.n_chunks for j in pending.work.jobs)
+        n, key = sum(j.n_chunks for j in pending.work.jobs), pending.key
         if key is None or n >= bs or key != self.key:
             yield from self.flush()
             if self.stopped:
@@ -303,11 +317,9 @@ class _PackedLoop:
         self.stopped = self.output.fail_fast
 
 
-def _plan(
-    index: int, entry: Prefetched, packing: Packing, *, prepared_ahead: bool
-) -> tuple[_Pending, Hashable | None]:
+def _plan(index: int, entry: Prefetched, packing: Packing, *, prepared_ahead: bool) -> _Pending:
     """The file's :class:`FileWork` and its pack key (None: its jobs cannot share a forward
-    with each other, so it runs alone)."""
+    with each other, so it runs alone), computed here once."""
     from audiotool.engine.packing import pack_key
 
     item, audio = entry.item, entry.audio
@@ -317,7 +329,7 @@ def _plan(
     work = packing.plan(item, audio, prepared)
     keys = {pack_key(j) for j in work.jobs}
     key = keys.pop() if len(keys) == 1 else None
-    return _Pending(index, item, audio, work, time.perf_counter() - t0), key
+    return _Pending(index, item, audio, work, time.perf_counter() - t0, key)
 
 
 def _run_pack(
@@ -330,14 +342,14 @@ def _run_pack(
     """The forwards of a pack, then each file finished and written on its own."""
     import torch
 
-    from audiotool.engine.packing import pack_key, run_packed
+    from audiotool.engine.packing import run_packed
     from audiotool.progress import chunk_progress
 
     t0 = time.perf_counter()
     error: BaseException | None = None
     jobs = [j for p in pack for j in p.work.jobs]
     groups: list[list[ChunkJob]] = [jobs]
-    if len(pack) == 1 and len({pack_key(j) for j in jobs}) > 1:
+    if len(pack) == 1 and pack[0].key is None and jobs:
         groups = [[j] for j in jobs]  # one file whose signals differ in shape
     try:
         with torch.inference_mode():
@@ -348,6 +360,7 @@ def _run_pack(
                     packing.batch_size,
                     dtype=packing.dtype,
                     progress=chunk_progress(packing.progress),
+                    check=False,  # the keys were compared when the pack was made (_plan)
                 )
     except UsageError:
         raise

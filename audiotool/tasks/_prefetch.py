@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from audiotool.tasks._items import WorkItem, current_input, stream_seconds
+from audiotool.tasks._items import WorkItem, current_input, is_long
 
 if TYPE_CHECKING:
     from audiotool.audio import AudioData
@@ -58,18 +58,6 @@ class Prefetched:
             raise self.error
         assert self.audio is not None, "a direct entry is read by the per-file path"
         return self.audio
-
-
-def is_long(path: Path) -> bool:
-    """Whether the header says ``path`` is longer than :func:`stream_seconds` (unreadable
-    headers: False, the reader reports them)."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
-        return False
-    return bool(info.samplerate) and info.frames / info.samplerate > stream_seconds()
 
 
 _DONE = object()

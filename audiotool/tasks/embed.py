@@ -75,6 +75,16 @@ class Embedding:
     frame_seconds: float
 
 
+def _model_input(
+    config: AudioBranchConfig, audio: Tensor, sample_rate: int, device: torch.device
+) -> Tensor:
+    """``audio`` ``(C, T)`` at ``sample_rate`` as the model takes it: ``(1, T)`` (channels
+    averaged) at its rate on ``device``; the per-file and the packed path both start here."""
+    from audiotool.audio import prepare
+
+    return prepare(audio, sample_rate, config.sample_rate, channels=1, device=device)
+
+
 def embed_tensor(
     model: AudioBranch,
     config: AudioBranchConfig,
@@ -85,11 +95,9 @@ def embed_tensor(
     progress: Progress | None = None,
 ) -> Embedding:
     """Embed ``audio`` ``(C, T)`` at ``sample_rate`` (channels are averaged)."""
-    from audiotool.audio import prepare
     from audiotool.stream import tensor_span
 
-    rate = config.sample_rate
-    x = prepare(audio, sample_rate, rate, channels=1, device=runtime.device)
+    x = _model_input(config, audio, sample_rate, runtime.device)
     return _embed_span(
         model, config, tensor_span(x), int(x.shape[-1]), runtime=runtime, progress=progress
     )
@@ -319,11 +327,7 @@ def start_embedder(
         return produced(item, emb, source.duration)
 
     def prepare_input(item: WorkItem, audio: AudioData) -> Tensor:  # (1, T) at the model rate
-        from audiotool.audio import prepare
-
-        return prepare(
-            audio.samples, audio.sample_rate, cfg.sample_rate, channels=1, device=rt.device
-        )
+        return _model_input(cfg, audio.samples, audio.sample_rate, rt.device)
 
     def plan(item: WorkItem, audio: AudioData, x: Tensor) -> FileWork:
         from audiotool.stream import tensor_span

@@ -68,6 +68,16 @@ class Reconstruction:
     metrics: dict[str, float]
 
 
+def _model_input(
+    config: RoundTripConfig, audio: Tensor, sample_rate: int, device: torch.device
+) -> Tensor:
+    """``audio`` ``(C, T)`` at ``sample_rate`` as the model takes it: every channel at its
+    rate on ``device``; the per-file and the packed path both start here."""
+    from audiotool.audio import prepare
+
+    return prepare(audio, sample_rate, config.sample_rate, device=device)
+
+
 def reconstruct_tensor(
     model: RoundTripModel,
     config: RoundTripConfig,
@@ -80,9 +90,7 @@ def reconstruct_tensor(
     keep_latents: bool = False,
 ) -> Reconstruction:
     """Round-trip ``audio`` ``(C, T)``; see the module docstring."""
-    from audiotool.audio import prepare
-
-    x = prepare(audio, sample_rate, config.sample_rate, device=runtime.device)
+    x = _model_input(config, audio, sample_rate, runtime.device)
     job = _round_trip_job(model, config, x, runtime=runtime, chunk_seconds=chunk_seconds)
     with torch.inference_mode():
         job.run(
@@ -94,6 +102,17 @@ def reconstruct_tensor(
     return _reconstruction(
         model, config, x, job, sample_rate, int(audio.shape[-1]), keep_latents=keep_latents
     )
+
+
+def packable(model: RoundTripModel) -> bool:
+    """Whether short files through ``model`` can share forward passes
+    (:mod:`audiotool.tasks._packing`): the waveform codec, not the RAE. oneDNN picks another
+    convolution algorithm for another batch size, and the RAE's Griffin-Lim turns those
+    last-bit differences into ~-55 dB ones (the codec stays within 2 LSB at 24 bits,
+    ``tests/tasks/test_packing.py``)."""
+    from audiotool.models.rae import AudioRAE
+
+    return not isinstance(model, AudioRAE)
 
 
 class RoundTrip:
@@ -194,9 +213,7 @@ def start_reconstructor(
         return produced(item, audio, rec)
 
     def prepare_input(item: WorkItem, audio: AudioData) -> Tensor:  # (C, T) at the model rate
-        from audiotool.audio import prepare
-
-        return prepare(audio.samples, audio.sample_rate, cfg.sample_rate, device=rt.device)
+        return _model_input(cfg, audio.samples, audio.sample_rate, rt.device)
 
     def plan(item: WorkItem, audio: AudioData, x: Tensor) -> FileWork:
         job = _round_trip_job(net, cfg, x, runtime=rt, chunk_seconds=chunk_seconds)
@@ -243,10 +260,7 @@ def start_reconstructor(
 
     # --latents keeps the whole file's latents (model.encode of the whole signal): in memory
     per_file = process if latents is not None else Streaming(process, stream)
-    if isinstance(net, AudioRAE):
-        # not packed: oneDNN picks another convolution algorithm for another batch size, and
-        # the RAE's Griffin-Lim turns those last-bit differences into ~-55 dB ones (the codec
-        # stays within 2 LSB at 24 bits, tests/tasks/test_packing.py)
+    if not packable(net):
         return per_file
     return Packing(
         per_file, prepare_input, plan, RoundTrip(net), rt.batch_size, rt.device, rt.dtype, progress

@@ -135,6 +135,15 @@ def choose_stems(available: Sequence[str], wanted: Sequence[str] | None) -> tupl
     return tuple(wanted)
 
 
+def _model_input(config: Any, audio: Tensor, sample_rate: int, device: torch.device) -> Tensor:
+    """A mixture ``(C, T)`` at ``sample_rate`` at the model's rate on ``device`` (every
+    channel; the channel policy comes later); the per-file overlap-add and the packed path both
+    start here."""
+    from audiotool.audio import prepare
+
+    return prepare(audio, sample_rate, int(config.sample_rate), device=device)
+
+
 def separate_tensor(
     model: nn.Module,
     config: Any,
@@ -161,7 +170,6 @@ def separate_tensor(
     """
     import torch
 
-    from audiotool.audio import prepare
     from audiotool.engine.overlap_add import OverlapAddProcessor
 
     if isinstance(config, EnsembleConfig):
@@ -180,7 +188,7 @@ def separate_tensor(
     # channel policy: matching count -> as is; otherwise every input channel separately
     # (duplicated to the model's channel count, averaged back)
     per_channel = c_in != model_channels
-    x = prepare(audio, sample_rate, rate, device=runtime.device)
+    x = _model_input(config, audio, sample_rate, runtime.device)
     processor = OverlapAddProcessor(chunk, hop, rate)
     kwargs = dict(model_kwargs or {})
     chunks_cb = chunk_progress(progress)
@@ -474,9 +482,7 @@ def start_separator(
         return Produced(outputs, audio.sample_rate, details=details)
 
     def prepare_input(item: WorkItem, audio: AudioData) -> Tensor:  # (C, T) at the model rate
-        from audiotool.audio import prepare
-
-        return prepare(audio.samples, audio.sample_rate, run_config.sample_rate, device=rt.device)
+        return _model_input(run_config, audio.samples, audio.sample_rate, rt.device)
 
     def plan(item: WorkItem, audio: AudioData, x: Tensor) -> FileWork:
         kwargs = context_fn(audio.samples, audio.sample_rate) if context_fn else {}
