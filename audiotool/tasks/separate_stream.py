@@ -90,20 +90,9 @@ def stream_separation(
         outputs: ``{name: (temporary path, final path)}`` for the chosen stems (+ residual).
         chosen: the stems written.
     """
-    from audiotool.stream import AudioSink
-
     length, sr = source.frames, source.sample_rate
     sinks = {
-        n: AudioSink(
-            tmp,
-            sr,
-            source.channels,
-            bit_depth=output.bit_depth,
-            clip=output.clip,
-            fmt=output.format,
-            name=final,
-        )
-        for n, (tmp, final) in outputs.items()
+        n: output.sink(tmp, sr, source.channels, name=final) for n, (tmp, final) in outputs.items()
     }
     at = 0
     try:
