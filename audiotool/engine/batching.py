@@ -100,6 +100,21 @@ def map_batches(
     return b
 
 
+def per_item(fn: Callable[..., Tensor], x: Tensor, *others: Tensor) -> Tensor:
+    """``fn(x, *others)`` one item at a time, concatenated: ``(B, ...)`` out for ``x`` ``(B, ...)``.
+
+    Item ``i`` is ``fn(x[i:i+1], *(o[i:i+1] for o in others))``; an ``other`` with a leading dim
+    of 1 is shared, passed whole to every item. Used where a kernel's choice (oneDNN's
+    convolutions, cuBLAS' products) depends on the batch size, so that an item's result does not
+    change in the last bits with the items batched beside it.
+    """
+
+    def item(v: Tensor, i: int) -> Tensor:
+        return v if v.shape[0] == 1 else v[i : i + 1]
+
+    return torch.cat([fn(x[i : i + 1], *(item(o, i) for o in others)) for i in range(x.shape[0])])
+
+
 def per_row(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``fn`` over the leading dim of ``x``, one distinct row at a time, at inference.
 
@@ -114,7 +129,7 @@ def per_row(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         # a CUDA graph cannot capture ``unique`` (data-dependent shape, host sync): every row
         # alone instead — the same per-row kernels, so the same numbers as the eager path
-        return torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])])
+        return per_item(fn, x)
     rows, inverse = torch.unique(x.reshape(x.shape[0], -1), dim=0, return_inverse=True)
     outs = torch.cat([fn(rows[i : i + 1].reshape(1, *x.shape[1:])) for i in range(len(rows))])
     return outs[inverse]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.batching import per_item
 from audiotool.errors import ConfigError
 from audiotool.features import LogMel, frame_mask, sinusoidal_positions
 from audiotool.models._config import ModelFamily
@@ -63,7 +64,7 @@ class Subsampling(nn.Module):
             # another batch size, and a clip's frames would change in the last bits with the
             # clips batched beside it (--batch-size, packed files); the rest of the encoder is
             # row-independent, so this makes its output batch-invariant on the CPU
-            h = torch.cat([self.convs(row) for row in h.split(1)])
+            h = per_item(self.convs, h)
         elif lengths is None:
             h = self.convs(h)
         else:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiotool.engine.batching import per_item
 from audiotool.engine.schedules import cosine_betas
 from audiotool.errors import ConfigError
 from audiotool.features import AudioSRMel
@@ -61,11 +62,6 @@ def _schedule_buffers(num_steps: int, s: float) -> dict[str, Tensor]:
         "posterior_mean_coef2": (1 - prev) * alphas.sqrt() / (1 - ac),
     }
     return {k: v.float() for k, v in buffers.items()}
-
-
-def _row(v: Tensor, i: int) -> Tensor:
-    """Row ``i`` of a per-item tensor ``(B, ...)``; a shared ``(1, ...)`` tensor as it is."""
-    return v if v.shape[0] == 1 else v[i : i + 1]
 
 
 class DiffusionWrapper(nn.Module):
@@ -192,17 +188,12 @@ class LatentDiffusion(nn.Module):
             # another phase of the generated band), so a chunk's result would depend on the
             # chunks (--batch-size) or the unconditional pass (guidance 1 or not) beside it.
             # Batched forwards bring nothing on a few CPU cores (benchmarks/RESULTS.md).
-            return torch.cat(
-                [
-                    self.model(
-                        x[i : i + 1],
-                        t[i : i + 1],
-                        _row(cond["concat"], i),
-                        {k: _row(v, i) for k, v in ctx.items()} or None,
-                    )
-                    for i in range(x.shape[0])
-                ]
-            )
+            keys = list(ctx)
+
+            def one(x: Tensor, t: Tensor, concat: Tensor, *values: Tensor) -> Tensor:
+                return self.model(x, t, concat, dict(zip(keys, values, strict=True)) or None)
+
+            return per_item(one, x, t, cond["concat"], *ctx.values())
         return self.model(x, t, cond["concat"], ctx or None)
 
     def forward(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from audiotool.audio import AudioData, BitDepth, ClipMode
     from audiotool.progress import Progress
-    from audiotool.stream import AudioSource
+    from audiotool.stream import AudioSink, AudioSource
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,23 @@ class OutputOptions:
     bit_depth: BitDepth = "24"
     clip: ClipMode = "rescale"
     format: str | None = None
+
+    def sink(
+        self, path: Path, sample_rate: int, channels: int, *, name: Path | None = None
+    ) -> AudioSink:
+        """A streamed writer of ``path`` in these options' format
+        (:class:`audiotool.stream.AudioSink`; ``name``: the final path, for its extension)."""
+        from audiotool.stream import AudioSink
+
+        return AudioSink(
+            path,
+            sample_rate,
+            channels,
+            bit_depth=self.bit_depth,
+            clip=self.clip,
+            fmt=self.format,
+            name=name,
+        )
 
 
 DEFAULT_BATCH_CPU = 1

@@ -289,7 +289,7 @@ def stream_reconstruction(
     """
     from audiotool.engine.overlap_add import OverlapAddProcessor, frame_chunking
     from audiotool.metrics import StreamingSiSdr
-    from audiotool.stream import AudioSink, Resampled, StreamResampler
+    from audiotool.stream import Resampled, StreamResampler
 
     rate, sr, length = config.sample_rate, source.sample_rate, source.frames
     mix = Resampled(source.read, length, sr, rate)
@@ -305,15 +305,7 @@ def stream_reconstruction(
     score = StreamingSiSdr()
     back = StreamResampler(mix.length, rate, sr)
     at = {"model": 0, "file": 0}
-    out = AudioSink(
-        tmp,
-        sr,
-        source.channels,
-        bit_depth=output.bit_depth,
-        clip=output.clip,
-        fmt=output.format,
-        name=final,
-    )
+    out = output.sink(tmp, sr, source.channels, name=final)
 
     def sink(blocks: dict[str, Tensor]) -> None:
         y = blocks["output"]

@@ -90,20 +90,9 @@ def stream_separation(
         outputs: ``{name: (temporary path, final path)}`` for the chosen stems (+ residual).
         chosen: the stems written.
     """
-    from audiotool.stream import AudioSink
-
     length, sr = source.frames, source.sample_rate
     sinks = {
-        n: AudioSink(
-            tmp,
-            sr,
-            source.channels,
-            bit_depth=output.bit_depth,
-            clip=output.clip,
-            fmt=output.format,
-            name=final,
-        )
-        for n, (tmp, final) in outputs.items()
+        n: output.sink(tmp, sr, source.channels, name=final) for n, (tmp, final) in outputs.items()
     }
     at = 0
     try:
@@ -313,14 +302,7 @@ def _model_stems(
         report = progress.part()
 
         def produce(sink: Callable[[dict[str, Tensor]], None]) -> None:
-            cut = {"at": 0}
-
-            def crop(blocks: dict[str, Tensor]) -> None:  # drop the shift's lead
-                n = int(blocks[stems[0]].shape[-1])
-                a = max(0, offset - cut["at"])
-                cut["at"] += n
-                if a < n:
-                    sink({s: blocks[s][:, a:] for s in stems})
+            crop = _after_lead(offset, stems, sink)  # drop the shift's lead
 
             if getattr(config, "family", "") in SEGMENT_FAMILIES:
                 from audiotool.engine.segments import RoformerPlan, stream_segments
@@ -372,6 +354,24 @@ def _model_stems(
             it.close()
 
 
+def _after_lead(
+    lead: int, stems: Sequence[str], sink: Callable[[dict[str, Tensor]], None]
+) -> Callable[[dict[str, Tensor]], None]:
+    """``sink`` fed a stream of ``{stem: (C, n)}`` blocks without its first ``lead`` samples
+    (the zeros a shifted pass was read with); blocks wholly inside the lead are dropped."""
+    at = 0
+
+    def crop(blocks: dict[str, Tensor]) -> None:
+        nonlocal at
+        n = int(blocks[stems[0]].shape[-1])
+        a = max(0, lead - at)
+        at += n
+        if a < n:
+            sink({s: blocks[s][:, a:] for s in stems})
+
+    return crop
+
+
 def _demucs_stems(
     model: Any,
     config: Any,
@@ -387,7 +387,7 @@ def _demucs_stems(
     :class:`~audiotool.engine.segments.DemucsPlan` side by side."""
     from audiotool.engine.lockstep import lockstep, pulled
     from audiotool.engine.segments import DemucsPlan, stream_segments
-    from audiotool.stream import BLOCK
+    from audiotool.stream import BLOCK, mapped_span, zero_outside
 
     rate, length = int(config.sample_rate), mix.length
     overlap, segment, cap = demucs_segment(config, options)
@@ -419,28 +419,21 @@ def _demucs_stems(
         m, sd = stats[gi]
         report = progress.part()
 
-        def read(lo: int, hi: int) -> Tensor:
-            x = mix(lo - lead, hi - lead)
+        def standardised(x: Tensor) -> Tensor:
             x = x if g is None else x[g : g + 1].expand(model_channels, -1)
-            norm = (x - m) / sd
-            a, b = max(lo, lead), min(hi, lead + length)  # the signal; zeros around it
-            if a <= lo and b >= hi:
-                return norm
-            out = torch.zeros_like(norm)
-            if a < b:
-                out[:, a - lo : b - lo] = norm[:, a - lo : b - lo]
-            return out
+            return (x - m) / sd
+
+        signal = zero_outside(mapped_span(mix, standardised), length)  # zeros around it
+
+        def read(lo: int, hi: int) -> Tensor:
+            return signal(lo - lead, hi - lead)  # zeros: the shift's lead
 
         def produce(sink: Callable[[dict[str, Tensor]], None]) -> None:
-            cut = {"at": 0}
+            def restored(blocks: dict[str, Tensor]) -> None:
+                out = {s: blocks[s] * sd + m for s in stems}
+                sink({s: v.mean(0, keepdim=True) if per_channel else v for s, v in out.items()})
 
-            def crop(blocks: dict[str, Tensor]) -> None:
-                n = int(blocks[stems[0]].shape[-1])
-                a = max(0, lead - cut["at"])
-                cut["at"] += n
-                if a < n:
-                    out = {s: blocks[s][:, a:] * sd + m for s in stems}
-                    sink({s: v.mean(0, keepdim=True) if per_channel else v for s, v in out.items()})
+            crop = _after_lead(lead, stems, restored)
 
             stream_segments(
                 model,

@@ -362,13 +362,7 @@ def check_options(config: LatentDiffusionConfig, options: UpsampleOptions) -> No
             f"--cutoff must be between 0 and {nyquist:g} Hz (the model works at "
             f"{config.sample_rate} Hz), got {options.cutoff:g}"
         )
-    chunk_settings(config, options)
-    from audiotool.engine.cuda_graphs import CUDA_GRAPH_MODES
-
-    if options.cuda_graphs not in CUDA_GRAPH_MODES:
-        raise UsageError(
-            f"--cuda-graphs must be one of {list(CUDA_GRAPH_MODES)}, got {options.cuda_graphs!r}"
-        )
+    chunk_settings(config, options)  # --cuda-graphs: use_cuda_graphs, in upsample_files
 
 
 def prefer_channels_last(model: LatentDiffusion, device: torch.device) -> None:
@@ -474,7 +468,8 @@ def upsample_files(
     from audiotool.device import resolve_device
     from audiotool.engine.cuda_graphs import use_cuda_graphs
 
-    use_cuda_graphs(options.cuda_graphs, resolve_device(runtime.device))  # "on" needs CUDA
+    # the --cuda-graphs gate, before any file: a mode out of CUDA_GRAPH_MODES, or "on" off CUDA
+    use_cuda_graphs(options.cuda_graphs, resolve_device(runtime.device))
     ext = audio_extension(output)
 
     def targets(path: Path) -> dict[str, Path]:

@@ -145,7 +145,6 @@ def stream_upsample(
     from audiotool.audio import fit_length
     from audiotool.dsp import estimate_cutoff_from_spectrum
     from audiotool.stream import (
-        AudioSink,
         Resampled,
         long_term_spectrum,
         mapped_span,
@@ -175,15 +174,7 @@ def stream_upsample(
         "cutoff_hz": round(cutoff, 1),
         "streamed": True,
     }
-    sink = AudioSink(
-        tmp,
-        out_rate,
-        source.channels,
-        bit_depth=output.bit_depth,
-        clip=output.clip,
-        fmt=output.format,
-        name=final,
-    )
+    sink = output.sink(tmp, out_rate, source.channels, name=final)
     try:
         if cutoff >= FULL_BAND_FRACTION * nyquist or cutoff <= 0:
             log.warning(
